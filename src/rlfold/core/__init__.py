@@ -1,0 +1,1 @@
+"""Core layer: types, registry, config models, masked tensor utilities."""

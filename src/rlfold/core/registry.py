@@ -1,0 +1,51 @@
+"""Named registries of algorithm parts (advantages, policy losses, aggregations, KL, rewards, engines)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownPartError(KeyError):
+    """Raised when a part name is not registered; the message suggests the closest name."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A mapping from literature names (``grpo``, ``ppo_clip``) to parts."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name``; duplicate names are an error."""
+
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        """Return the part called ``name`` or raise naming the closest registered one."""
+        try:
+            return self._items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._items), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownPartError(
+                f"unknown {self.kind} {name!r}{hint} (registered: {', '.join(sorted(self._items))})"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
