@@ -1,0 +1,27 @@
+"""Algorithm layer: pure tensor functions registered under their literature names.
+
+Importing this package registers every part: advantage estimators (``ADVANTAGES``), per-token
+policy losses (``POLICY_LOSSES``), loss aggregations (``AGGREGATIONS``) and KL estimators
+(``KL_ESTIMATORS``). No model, no I/O, no global state besides these registries.
+"""
+
+from __future__ import annotations
+
+from rlfold.algos import advantages, aggregation, kl, policy_losses
+from rlfold.algos.advantages import ADVANTAGES
+from rlfold.algos.aggregation import AGGREGATIONS, Aggregation, aggregate
+from rlfold.algos.kl import KL_ESTIMATORS
+from rlfold.algos.policy_losses import POLICY_LOSSES
+
+__all__ = [
+    "ADVANTAGES",
+    "AGGREGATIONS",
+    "Aggregation",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "advantages",
+    "aggregate",
+    "aggregation",
+    "kl",
+    "policy_losses",
+]

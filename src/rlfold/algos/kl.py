@@ -1,0 +1,91 @@
+"""Per-token KL estimators between the policy and a reference, at the sampled tokens.
+
+Every part has the signature ``fn(logprobs, ref_logprobs) -> Tensor`` (same shape as the inputs,
+not masked, not reduced: aggregate it with the recipe's ``Aggregation``). The estimators are those
+of Schulman, "Approximating KL Divergence" (2020, joschu.net/blog/kl-approx.html), with k = logp -
+ref_logp. Suffix ``+`` (straight-through, as in verl) keeps the estimator's value but takes the
+gradient of k2, whose gradient k is an unbiased estimate of the gradient of KL(pi || ref).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from rlfold.core.registry import Registry
+
+KLFn = Callable[[Tensor, Tensor], Tensor]
+
+KL_ESTIMATORS: Registry[KLFn] = Registry("KL estimator")
+
+LOG_RATIO_CLAMP = 20.0
+K3_CLAMP = 10.0
+
+
+def _check(logprobs: Tensor, ref_logprobs: Tensor) -> None:
+    if logprobs.shape != ref_logprobs.shape:
+        raise ValueError(
+            f"logprobs and ref_logprobs must have the same shape, "
+            f"got {tuple(logprobs.shape)} and {tuple(ref_logprobs.shape)}"
+        )
+
+
+@KL_ESTIMATORS.register("k1")
+def k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k1 = logp - ref_logp, unbiased but high variance (Schulman 2020, "Approximating KL Divergence")."""
+    _check(logprobs, ref_logprobs)
+    return logprobs - ref_logprobs
+
+
+@KL_ESTIMATORS.register("abs")
+def abs_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """|logp - ref_logp| (verl's `abs`, Sheng et al. 2024, HybridFlow, arXiv 2409.19256)."""
+    _check(logprobs, ref_logprobs)
+    return (logprobs - ref_logprobs).abs()
+
+
+@KL_ESTIMATORS.register("k2")
+def k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k2 = (logp - ref_logp)^2 / 2, low variance, biased (Schulman 2020, "Approximating KL Divergence")."""
+    _check(logprobs, ref_logprobs)
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
+@KL_ESTIMATORS.register("low_var_kl")
+@KL_ESTIMATORS.register("k3")
+def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k3 = e^l - l - 1, l = ref_logp - logp (Schulman 2020; GRPO, Shao et al. 2024, arXiv 2402.03300).
+
+    As in verl's ``low_var_kl``: l is clamped to [-20, 20] and the result to [-10, 10].
+    The estimate is >= 0; its gradient with respect to logp is 1 - e^l (inside the clamps).
+    """
+    _check(logprobs, ref_logprobs)
+    log_ratio = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    kl = torch.exp(log_ratio) - log_ratio - 1.0
+    return kl.clamp(-K3_CLAMP, K3_CLAMP)
+
+
+def _straight_through(value: Tensor, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """Forward value of ``value``, backward gradient of k2."""
+    grad_part = k2(logprobs, ref_logprobs)
+    return value.detach() + grad_part - grad_part.detach()
+
+
+@KL_ESTIMATORS.register("k1+")
+def k1_st(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """Straight-through k1: k1's value, k2's gradient (Schulman 2020 estimators; verl, arXiv 2409.19256)."""
+    return _straight_through(k1(logprobs, ref_logprobs), logprobs, ref_logprobs)
+
+
+@KL_ESTIMATORS.register("k3+")
+def k3_st(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """Straight-through k3: k3's value, k2's gradient (Schulman 2020 estimators; verl, arXiv 2409.19256)."""
+    return _straight_through(k3(logprobs, ref_logprobs), logprobs, ref_logprobs)
+
+
+@KL_ESTIMATORS.register("abs+")
+def abs_st(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """Straight-through abs: |k|'s value, k2's gradient (Schulman 2020 estimators; verl, arXiv 2409.19256)."""
+    return _straight_through(abs_kl(logprobs, ref_logprobs), logprobs, ref_logprobs)

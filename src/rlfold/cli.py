@@ -1,0 +1,163 @@
+"""Command line: ``rlfold demo | train | eval | recipes | plot``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rlfold.core.errors import RlfoldError
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A YAML path as given, or the name of a shipped recipe (``grpo``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")))
+    raise RlfoldError(f"config {name_or_path!r} is neither a file nor a shipped recipe (shipped: {names})")
+
+
+def _run_dir(cfg, resume: str | None) -> Path:
+    if resume:
+        return Path(resume)
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rlfold.core.config import load_config
+    from rlfold.plot import plot_run
+    from rlfold.trainers.metrics import print_summary
+    from rlfold.trainers.online import OnlineTrainer
+
+    cfg = load_config(resolve_recipe(args.config), args.overrides)
+    run_dir = _run_dir(cfg, args.resume)
+    if args.resume and not run_dir.is_dir():
+        raise RlfoldError(f"--resume {run_dir}: no such run directory")
+    trainer = OnlineTrainer(cfg, run_dir, resume=bool(args.resume))
+    rows = trainer.fit()
+    print_summary(rows, f"{cfg.name}: {run_dir}")
+    png = plot_run(run_dir)
+    task = trainer.task.name
+    first = next((r for r in rows if f"val/{task}/acc" in r), {})
+    last = next((r for r in reversed(rows) if f"val/{task}/acc" in r), {})
+    print(f"held-out greedy accuracy: {first.get(f'val/{task}/acc', float('nan')):.1%} -> "
+          f"{last.get(f'val/{task}/acc', float('nan')):.1%}")
+    print(f"run directory: {run_dir}\nfinal model:   {run_dir / 'final'}\nplot:          {png}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    args.config = "grpo"
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    args.overrides = overrides
+    args.resume = None
+    print("rlfold demo: GRPO on two-digit addition from the shipped tiny base (tiny-arith), on the CPU.")
+    rc = cmd_train(args)
+    print(f"demo wall time: {(time.perf_counter() - start) / 60:.1f} min")
+    return rc
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rlfold.models import load_model_and_tokenizer
+    from rlfold.rollout import ENGINES
+    from rlfold.tasks import TASKS
+    from rlfold.trainers.evaluate import evaluate
+
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    task = TASKS.get(args.task)(levels=args.levels, held_out_size=args.size, seed=args.seed,
+                                held_out_file=args.data)
+    engine = ENGINES.get("hf")(model, tokenizer)
+    res = evaluate(engine, task.held_out, k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(f"model {args.model} on {args.task} ({len(task.held_out)} held-out prompts):")
+    print(f"  greedy accuracy: {res['acc']:.1%}\n  pass@{args.k}:          {res[f'pass@{args.k}']:.1%}"
+          f"\n  mean length:     {res['length']:.2f} tokens")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="rlfold recipes")
+    for col in ("recipe", "paper", "advantage", "policy loss", "aggregation", "KL"):
+        table.add_column(col)
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        algo = data.get("algo", {})
+        kl = f"{algo.get('kl_estimator', 'k3')} x {algo['kl_coef']}" if algo.get("kl_coef") else "-"
+        table.add_row(path.stem, data.get("paper", ""), algo.get("advantage", "grpo"),
+                      algo.get("policy_loss", "ppo_clip"), algo.get("loss_agg", "seq-mean-token-mean"), kl)
+    Console().print(table)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from rlfold.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rlfold", description="RL post-training of language models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="GRPO on arithmetic from the shipped tiny model; before/after accuracy")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.steps=50")
+    p.add_argument("--run-dir", default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="run a recipe (YAML file or shipped recipe name)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 model.path=DIR")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue from RUN_DIR's latest checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="greedy accuracy and pass@k on held-out prompts")
+    p.add_argument("--model", required=True, help="HF causal-LM directory or shipped model name")
+    p.add_argument("--task", default="arith")
+    p.add_argument("--levels", type=int, nargs="+", default=[2])
+    p.add_argument("--size", type=int, default=200)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="JSONL of prompt/answer rows to evaluate instead")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes and the parts each uses")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("plot", help="write a PNG of a run's curves")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_plot)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RlfoldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the latest checkpoint is intact (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

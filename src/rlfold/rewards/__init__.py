@@ -1,0 +1,6 @@
+"""Rewards: verifiers and format checks, combined by weight."""
+
+from rlfold.rewards.base import REWARDS, RewardFn, score_batch
+from rlfold.rewards import arith as _arith  # noqa: F401  (registers exact_match, format)
+
+__all__ = ["REWARDS", "RewardFn", "score_batch"]

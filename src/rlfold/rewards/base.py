@@ -1,0 +1,59 @@
+"""Reward interface: batch callables over (prompt, completion, finish reason) returning a score per sample."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from rlfold.core.errors import RewardError
+from rlfold.core.registry import Registry
+from rlfold.core.types import Prompt
+
+RewardFn = Callable[[Sequence[Prompt], Sequence[str], Sequence[str]], Sequence[float]]
+
+REWARDS: Registry[RewardFn] = Registry("reward function")
+
+
+def _locate_failure(name: str, fn: RewardFn, prompts, completions, finishes, exc: Exception) -> RewardError:
+    """Re-run ``fn`` sample by sample to name the one that raises."""
+    for i, (p, c, f) in enumerate(zip(prompts, completions, finishes)):
+        try:
+            fn([p], [c], [f])
+        except Exception as inner:  # noqa: BLE001 - any error of user code is reported
+            return RewardError(
+                f"reward function {name!r} raised {type(inner).__name__}: {inner} "
+                f"on sample {i} (prompt {p.text!r}, completion {c!r})"
+            )
+    return RewardError(f"reward function {name!r} raised {type(exc).__name__}: {exc} on the batch")
+
+
+def score_batch(
+    specs: Sequence[tuple[str, float]],
+    prompts: Sequence[Prompt],
+    completions: Sequence[str],
+    finishes: Sequence[str],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the named reward functions, and each function's raw scores by name."""
+    n = len(completions)
+    total = torch.zeros(n, dtype=torch.float32)
+    per_fn: dict[str, torch.Tensor] = {}
+    for name, weight in specs:
+        fn = REWARDS.get(name)
+        try:
+            scores = list(fn(prompts, completions, finishes))
+        except Exception as exc:  # noqa: BLE001
+            raise _locate_failure(name, fn, prompts, completions, finishes, exc) from exc
+        if len(scores) != n:
+            raise RewardError(f"reward function {name!r} returned {len(scores)} scores for {n} samples")
+        values = torch.tensor([float(s) for s in scores], dtype=torch.float32)
+        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+        if bad:
+            i = bad[0]
+            raise RewardError(
+                f"reward function {name!r} returned {scores[i]!r} on sample {i} "
+                f"(prompt {prompts[i].text!r}, completion {completions[i]!r})"
+            )
+        per_fn[name] = values
+        total += weight * values
+    return total, per_fn

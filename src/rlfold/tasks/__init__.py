@@ -1,0 +1,6 @@
+"""Tasks: datasets of prompts with verifiable answers."""
+
+from rlfold.tasks.base import TASKS, Task, load_jsonl_prompts
+from rlfold.tasks import arithmetic as _arithmetic  # noqa: F401  (registers "arith")
+
+__all__ = ["TASKS", "Task", "load_jsonl_prompts"]

@@ -1,0 +1,1 @@
+"""Trainers: the online RL loop and supervised fine-tuning."""

@@ -1,0 +1,48 @@
+"""Held-out evaluation: greedy accuracy, unbiased pass@k and mean response length."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from rlfold.core.types import Prompt
+from rlfold.rewards import score_batch
+from rlfold.rollout import SamplingParams
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021, Codex)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def evaluate(
+    engine,
+    prompts: Sequence[Prompt],
+    reward: str = "exact_match",
+    k: int = 4,
+    max_new_tokens: int = 8,
+    seed: int = 1234,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """``acc`` (greedy), ``pass@k`` (k samples at temperature 1) and ``length`` (greedy tokens)."""
+    correct, lengths, passes = 0.0, 0.0, 0.0
+    gen = torch.Generator().manual_seed(seed)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, n=1)
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=k)
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        roll = engine.generate([p.text for p in chunk], greedy, generator=gen)
+        scores, _ = score_batch([(reward, 1.0)], chunk, roll.response_texts, roll.finish_reasons)
+        correct += float(scores.sum())
+        lengths += float(roll.response_mask.sum())
+        roll = engine.generate([p.text for p in chunk], sampled, generator=gen)
+        reps = [p for p in chunk for _ in range(k)]
+        scores, _ = score_batch([(reward, 1.0)], reps, roll.response_texts, roll.finish_reasons)
+        for c in (scores.view(len(chunk), k) > 0.5).sum(1).tolist():
+            passes += pass_at_k(k, int(c), k)
+    n = len(prompts)
+    return {"acc": correct / n, f"pass@{k}": passes / n, "length": lengths / n}

@@ -1,0 +1,77 @@
+"""Run logs: ``metrics.jsonl`` (one row per step), ``samples.jsonl`` and the end-of-run summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class JsonlLog:
+    """Append-only JSON-lines file, flushed on every write so a killed run keeps its rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._fh.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a killed process
+    return rows
+
+
+def truncate_after_step(path: Path, step: int) -> None:
+    """Drop rows logged after ``step`` (used on resume, so metrics are not duplicated)."""
+    rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+SUMMARY_KEYS = (
+    "reward/mean", "acc/mean", "response_length/mean", "actor/entropy", "actor/kl",
+    "actor/pg_clipfrac", "actor/grad_norm", "perf/tokens_per_s", "timing_s/step",
+)
+
+
+def summary_table(rows: Iterable[dict[str, Any]], title: str) -> Table:
+    """First / last / best of the headline metrics."""
+    rows = list(rows)
+    table = Table(title=title)
+    for col in ("metric", "first", "last", "min", "max"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for key in SUMMARY_KEYS:
+        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if vals:
+            table.add_row(key, *(f"{v:.4g}" for v in (vals[0], vals[-1], min(vals), max(vals))))
+    return table
+
+
+def print_summary(rows: list[dict[str, Any]], title: str) -> None:
+    Console(stderr=True).print(summary_table(rows, title))

@@ -1,0 +1,76 @@
+"""Supervised fine-tuning on (prompt, completion) pairs; the loss covers completion tokens only."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and loss mask (1 on completion tokens and the final eos)."""
+    rows, loss_rows = [], []
+    for prompt, completion in pairs:
+        p = tokenizer(prompt)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p + c)
+        loss_rows.append([0] * len(p) + [1] * len(c))
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    loss_mask = torch.zeros_like(ids)
+    for i, (r, m) in enumerate(zip(rows, loss_rows)):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+        loss_mask[i, : len(m)] = torch.tensor(m)
+    return ids, attn, loss_mask
+
+
+def sft_loss(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the loss-masked target tokens."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    targets = ids[:, 1:]
+    mask = loss_mask[:, 1:].float()
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return (nll * mask.reshape(-1)).sum() / mask.sum().clamp(min=1)
+
+
+def sft_train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    sample_pairs: Callable[[random.Random, int], list[tuple[str, str]]],
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    warmup: int = 50,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; ``sample_pairs(rng, n)`` draws each batch."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item()),
+    )
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="sft", disable=not progress)
+    for _ in bar:
+        ids, attn, lm = encode_pairs(tokenizer, sample_pairs(rng, batch_size))
+        loss = sft_loss(model, ids, attn, lm)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
