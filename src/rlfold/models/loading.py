@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 from pathlib import Path
 
 import torch
@@ -18,18 +20,40 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").is_file()) if ASSETS.is_dir() else []
 
 
+def _check_config_json(directory: Path) -> None:
+    """``config.json`` must be a JSON object naming its architecture (``model_type``)."""
+    cfg = directory / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(f"{cfg} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{cfg}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{cfg}: expected a JSON object, got {type(data).__name__}")
+    if "model_type" not in data:
+        raise ModelLoadError(f"{cfg} has no 'model_type' key, so transformers cannot tell the architecture")
+
+
 def resolve_model_path(path: str) -> Path:
     """A directory path as given, or the name of a shipped model."""
     p = Path(path).expanduser()
-    if p.is_dir():
+    if path and p.is_dir():
         if not (p / "config.json").is_file():
-            raise ModelLoadError(f"model directory {p} has no config.json: not a Hugging Face model directory")
+            files = sorted(q.name for q in p.iterdir())[:10]
+            raise ModelLoadError(
+                f"model directory {p} has no config.json: not a Hugging Face model directory "
+                f"(it holds: {', '.join(files) or 'nothing'})"
+            )
+        _check_config_json(p)
         return p
-    if (ASSETS / path / "config.json").is_file():
+    if path and (ASSETS / path / "config.json").is_file():
         return ASSETS / path
-    raise ModelLoadError(
-        f"model path {path!r} is neither a directory nor a shipped model (shipped: {', '.join(shipped_models()) or 'none'})"
-    )
+    shipped = shipped_models()
+    close = difflib.get_close_matches(path, shipped, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    what = "is a file, not a model directory" if p.is_file() else "is neither a directory nor a shipped model"
+    raise ModelLoadError(f"model path {path!r} {what}{hint} (shipped models: {', '.join(shipped) or 'none'})")
 
 
 def load_model_and_tokenizer(
@@ -41,7 +65,8 @@ def load_model_and_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
-        raise ModelLoadError(f"could not load a tokenizer from {resolved}: {exc}") from exc
+        files = ", ".join(sorted(q.name for q in resolved.iterdir()))
+        raise ModelLoadError(f"could not load a tokenizer from {resolved} (files: {files}): {exc}") from exc
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, local_files_only=True)
     except Exception as exc:  # noqa: BLE001

@@ -41,18 +41,36 @@ def score_batch(
     for name, weight in specs:
         fn = REWARDS.get(name)
         try:
-            scores = list(fn(prompts, completions, finishes))
+            returned = fn(prompts, completions, finishes)
         except Exception as exc:  # noqa: BLE001
             raise _locate_failure(name, fn, prompts, completions, finishes, exc) from exc
+        try:
+            scores = list(returned)
+        except TypeError:
+            raise RewardError(
+                f"reward function {name!r} returned {type(returned).__name__}; expected a sequence of {n} floats "
+                "(one score per sample)"
+            ) from None
         if len(scores) != n:
-            raise RewardError(f"reward function {name!r} returned {len(scores)} scores for {n} samples")
-        values = torch.tensor([float(s) for s in scores], dtype=torch.float32)
+            raise RewardError(
+                f"reward function {name!r} returned {len(scores)} scores for {n} samples; expected one score per sample"
+            )
+        floats = []
+        for i, s in enumerate(scores):
+            try:
+                floats.append(float(s))
+            except Exception:  # noqa: BLE001 - TypeError, ValueError, or a tensor's RuntimeError
+                raise RewardError(
+                    f"reward function {name!r} returned {s!r} (not a number) on sample {i} "
+                    f"(prompt {prompts[i].text!r}, completion {completions[i]!r})"
+                ) from None
+        values = torch.tensor(floats, dtype=torch.float32)
         bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
         if bad:
             i = bad[0]
             raise RewardError(
                 f"reward function {name!r} returned {scores[i]!r} on sample {i} "
-                f"(prompt {prompts[i].text!r}, completion {completions[i]!r})"
+                f"(prompt {prompts[i].text!r}, completion {completions[i]!r}); rewards must be finite"
             )
         per_fn[name] = values
         total += weight * values

@@ -59,7 +59,7 @@ def make_split(
     """Draw ``size`` distinct problems from the requested split, spread evenly over ``levels``."""
     rng = random.Random(seed)
     pool = [
-        p for lv in levels for p in all_problems(lv)
+        p for lv in dict.fromkeys(levels) for p in all_problems(lv)
         if is_held_out(format_prompt(*p), held_out_fraction) == held_out
     ]
     if not pool:
