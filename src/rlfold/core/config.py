@@ -96,6 +96,7 @@ class RolloutConfig(_Strict):
     max_new_tokens: int = Field(8, ge=1)
     stop_strings: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = Field(False, description="sample past eos up to max_new_tokens (benchmarks)")
 
 
 class AlgoConfig(_Strict):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from rlfold.core.errors import ModelLoadError
@@ -21,7 +21,7 @@ def shipped_models() -> list[str]:
 
 
 def _check_config_json(directory: Path) -> None:
-    """``config.json`` must be a JSON object naming its architecture (``model_type``)."""
+    """``config.json`` must be a JSON object (checked here so the error names the file and line)."""
     cfg = directory / "config.json"
     try:
         data = json.loads(cfg.read_text(encoding="utf-8"))
@@ -31,8 +31,6 @@ def _check_config_json(directory: Path) -> None:
         raise ModelLoadError(f"{cfg}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{cfg}: expected a JSON object, got {type(data).__name__}")
-    if "model_type" not in data:
-        raise ModelLoadError(f"{cfg} has no 'model_type' key, so transformers cannot tell the architecture")
 
 
 def resolve_model_path(path: str) -> Path:
@@ -62,6 +60,10 @@ def load_model_and_tokenizer(
     """Load with ``AutoModelForCausalLM`` / ``AutoTokenizer`` (local files only: no hub access)."""
     resolved = resolve_model_path(path)
     hf_logging.disable_progress_bar()
+    try:
+        AutoConfig.from_pretrained(resolved, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{resolved / 'config.json'} is not a usable model config: {exc}") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here

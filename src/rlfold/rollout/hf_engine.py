@@ -147,7 +147,7 @@ class HFEngine:
             generator = torch.Generator(device=device)
             generator.manual_seed(params.seed)
         stop_ids = set(params.stop_token_ids)
-        if self.eos_id is not None:
+        if self.eos_id is not None and not params.ignore_eos:
             stop_ids.add(int(self.eos_id))
         stop_t = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
 

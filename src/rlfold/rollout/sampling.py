@@ -16,7 +16,8 @@ class SamplingParams(BaseModel):
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0 = off)")
     max_new_tokens: int = Field(16, ge=1, description="response length limit in tokens")
     n: int = Field(1, ge=1, description="samples per prompt")
-    stop_token_ids: list[int] = Field(default_factory=list, description="extra stop tokens (eos always stops)")
+    stop_token_ids: list[int] = Field(default_factory=list, description="extra stop tokens (eos stops too)")
+    ignore_eos: bool = Field(False, description="keep sampling past eos (benchmarks at a fixed length)")
     stop_strings: list[str] = Field(default_factory=list, description="stop once the response text contains one")
     seed: int | None = Field(None, description="seed of the sampling generator when none is passed")
 

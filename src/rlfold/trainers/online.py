@@ -82,6 +82,7 @@ class OnlineTrainer:
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
             max_new_tokens=cfg.rollout.max_new_tokens, n=cfg.rollout.n,
             stop_token_ids=cfg.rollout.stop_token_ids, stop_strings=cfg.rollout.stop_strings,
+            ignore_eos=cfg.rollout.ignore_eos,
         )
         self.sampler = PromptSampler(self.task.train, cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)

@@ -1,0 +1,59 @@
+"""Seconds per GRPO step split into generation / scoring / update, and rollout tokens/s.
+
+    python bench/grpo_step.py                      # B=16, G=8, max_new_tokens 32 and 128, shipped tiny model
+    python bench/grpo_step.py --model DIR --lengths 64 --steps 5
+
+Responses are sampled past eos (``ignore_eos``) so every row has exactly max_new_tokens tokens and
+the figures for different lengths are comparable. Figures are means over ``--steps`` measured steps
+after one warm-up step, all in this one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rlfold.core.config import load_config
+from rlfold.trainers.online import OnlineTrainer
+
+RECIPE = Path(__file__).resolve().parent.parent / "src" / "rlfold" / "recipes" / "grpo.yaml"
+KEYS = ("timing_s/gen", "timing_s/reward", "timing_s/update", "timing_s/step", "perf/tokens_per_s")
+
+
+def bench(model: str, length: int, b: int, g: int, steps: int, threads: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(RECIPE, [
+            f"model.path={model}", f"rollout.max_new_tokens={length}", "rollout.ignore_eos=true",
+            f"train.prompts_per_step={b}", f"rollout.n={g}", f"train.steps={steps + 1}", f"run_dir={tmp}",
+            "log.progress=false", f"threads={threads}", "task.held_out_size=8",
+        ])
+        trainer = OnlineTrainer(cfg, Path(tmp))
+        trainer.train_step()  # warm-up
+        rows = [trainer.train_step().metrics for _ in range(steps)]
+    return {k: statistics.mean(r[k] for r in rows) for k in KEYS}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-arith")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--prompts", type=int, default=16, help="B")
+    ap.add_argument("--samples", type=int, default=8, help="G")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = ap.parse_args()
+    print(f"model {args.model}, B={args.prompts}, G={args.samples}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, mean of {args.steps} steps after 1 warm-up")
+    print(f"{'max_new_tokens':>14} {'gen s':>8} {'score s':>8} {'update s':>9} {'step s':>8} {'rollout tok/s':>14}")
+    for length in args.lengths:
+        r = bench(args.model, length, args.prompts, args.samples, args.steps, args.threads)
+        print(f"{length:>14} {r['timing_s/gen']:>8.3f} {r['timing_s/reward']:>8.4f} {r['timing_s/update']:>9.3f} "
+              f"{r['timing_s/step']:>8.3f} {r['perf/tokens_per_s']:>14.0f}")
+
+
+if __name__ == "__main__":
+    main()
