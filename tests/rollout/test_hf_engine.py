@@ -227,6 +227,16 @@ def test_eos_and_stop_token(tok):
     assert all(t.endswith("x") for t, r in zip(rb.response_texts, rb.finish_reasons) if r == FINISH_STOP)
 
 
+def test_ignore_eos_samples_to_the_length_limit(tok):
+    """ignore_eos: eos is sampled like any token and every row runs to max_new_tokens."""
+    eos = tok.eos_token_id
+    model = _bias_head(_make_model("sdpa"), {eos: 3.0})
+    rb = HFEngine(model, tok).generate(["1+2="], SamplingParams(n=6, max_new_tokens=5, seed=0, ignore_eos=True))
+    assert rb.finish_reasons == [FINISH_LENGTH] * 6
+    assert rb.response_mask.sum(-1).tolist() == [5] * 6
+    assert (rb.response_ids == eos).any()  # eos was sampled and did not stop the row
+
+
 def test_stop_string(tok):
     """(f) generation ends once the decoded response contains a stop string."""
     a, b = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")

@@ -73,6 +73,17 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, local_files_only=True)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"could not load a causal LM from {resolved}: {exc}") from exc
+    try:
+        probe = tokenizer("1+1=2 a", add_special_tokens=False)["input_ids"]
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"the tokenizer in {resolved} cannot encode text: {exc}") from exc
+    if not probe:
+        # transformers falls back to an empty-vocabulary tokenizer when the files are missing.
+        files = ", ".join(sorted(q.name for q in resolved.iterdir()))
+        raise ModelLoadError(
+            f"the tokenizer loaded from {resolved} has {len(tokenizer)} token(s) and encodes text to nothing: "
+            f"the directory lacks tokenizer files such as tokenizer.json (it holds: {files})"
+        )
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise ModelLoadError(f"tokenizer in {resolved} has neither a pad nor an eos token")

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rlfold.core.config import RunConfig
 from rlfold.core.errors import ConfigError, NumericalError
-from rlfold.core.types import FINISH_LENGTH, Prompt, RolloutBatch
+from rlfold.core.types import FINISH_LENGTH
 from rlfold.models import load_model_and_tokenizer
 from rlfold.rewards import score_batch
 from rlfold.rollout import ENGINES, SamplingParams
@@ -175,12 +175,6 @@ class OnlineTrainer:
         res = evaluate(self.engine, self.task.held_out[: ec.size], reward=self.cfg.accuracy_reward, k=ec.pass_k,
                        max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7)
         return {f"val/{self.task.name}/{k}": v for k, v in res.items()}
-
-    def _rollout(self, prompts: list[Prompt]) -> tuple[RolloutBatch, torch.Tensor, dict[str, torch.Tensor], list[Prompt]]:
-        roll = self.engine.generate([p.text for p in prompts], self.params, generator=self.gen)
-        reps = [p for p in prompts for _ in range(self.params.n)]
-        return roll, *score_batch([(r.name, r.weight) for r in self.cfg.rewards], reps, roll.response_texts,
-                                  roll.finish_reasons), reps
 
     def train_step(self) -> StepResult:
         cfg, t_step = self.cfg, time.perf_counter()
