@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,11 @@ def resolve_recipe(name_or_path: str) -> Path:
     shipped = RECIPES_DIR / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
-    names = ", ".join(sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")))
-    raise RlfoldError(f"config {name_or_path!r} is neither a file nor a shipped recipe (shipped: {names})")
+    names = sorted(q.stem for q in RECIPES_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(p.stem, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise RlfoldError(f"config {name_or_path!r} is neither a file nor a shipped recipe{hint} "
+                      f"(shipped: {', '.join(names)})")
 
 
 def _run_dir(cfg, resume: str | None) -> Path:
@@ -30,6 +34,15 @@ def _run_dir(cfg, resume: str | None) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir)
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _resume_hint(run_dir: Path) -> str:
+    from rlfold.trainers.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return f"\nno checkpoint was written yet in {run_dir}"
+    return f"\nthe latest checkpoint ({latest.name}) is intact; continue with --resume {run_dir}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -43,7 +56,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not run_dir.is_dir():
         raise RlfoldError(f"--resume {run_dir}: no such run directory")
     trainer = OnlineTrainer(cfg, run_dir, resume=bool(args.resume))
-    rows = trainer.fit()
+    try:
+        rows = trainer.fit()
+    except (RlfoldError, KeyboardInterrupt) as exc:
+        raise type(exc)(f"{exc}{_resume_hint(run_dir)}") from exc
     print_summary(rows, f"{cfg.name}: {run_dir}")
     png = plot_run(run_dir)
     task = trainer.task.name
@@ -154,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     except RlfoldError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the latest checkpoint is intact (resume with --resume RUN_DIR)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted. {exc}".rstrip(), file=sys.stderr)
         return 130
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from rlfold.cli import RECIPES_DIR
-from rlfold.core.config import RunConfig, apply_overrides, closest, load_config, parse_override
+from rlfold.core.config import (
+    RunConfig,
+    apply_overrides,
+    closest,
+    load_config,
+    parse_override,
+)
 from rlfold.core.errors import ConfigError
 
 GRPO = RECIPES_DIR / "grpo.yaml"

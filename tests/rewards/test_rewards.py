@@ -115,7 +115,7 @@ def test_score_batch_negative_and_zero_weights():
 
 
 def test_score_batch_accepts_tensor_scores():
-    total, per_fn = score_batch([(TENSOR, 0.5)], P, ["a"] * 4, [FINISH_STOP] * 4)
+    total, _ = score_batch([(TENSOR, 0.5)], P, ["a"] * 4, [FINISH_STOP] * 4)
     assert total.tolist() == [0.0, 0.5, 1.0, 1.5]
 
 

@@ -27,8 +27,12 @@ def _nan_on_some_steps(logprobs, old_logprobs, advantages, mask, **kw):
     return loss, metrics
 
 
-if "_test_nan_loss" not in POLICY_LOSSES:
+@pytest.fixture(autouse=True)
+def nan_loss_part():
+    """Register the NaN-injecting loss for these tests only, so registry-wide tests never see it."""
     POLICY_LOSSES.register("_test_nan_loss")(_nan_on_some_steps)
+    yield
+    POLICY_LOSSES.unregister("_test_nan_loss")
 
 
 def _trainer(run_dir: Path, steps: int) -> OnlineTrainer:

@@ -76,6 +76,7 @@ class ModelConfig(_Strict):
 class TaskConfig(_Strict):
     name: str = Field("arith", description="registered task name")
     levels: list[int] = Field(default_factory=lambda: [2], description="arith difficulty levels (1-4)")
+    train_size: int = Field(0, ge=0, description="training problems (0: all; levels 1-3 are enumerated)")
     held_out_size: int = Field(200, ge=1)
     held_out_fraction: float = Field(0.1, gt=0, lt=1)
     train_file: Optional[str] = Field(None, description="JSONL with prompt/answer rows (replaces generated data)")

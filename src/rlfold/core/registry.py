@@ -33,6 +33,10 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> T:
+        """Remove and return a part (tests and interactive sessions replacing a part)."""
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         """Return the part called ``name`` or raise naming the closest registered one."""
         try:

@@ -42,10 +42,27 @@ def is_held_out(text: str, fraction: float) -> bool:
     return (h % 10_000) < int(fraction * 10_000)
 
 
-def all_problems(level: int) -> list[tuple[int, int, str]]:
-    """Every problem of a level (levels are small enough to enumerate)."""
+# The held-out draw does not depend on the run seed, so runs with different seeds are compared
+# on the same prompts.
+HELD_OUT_SEED = 20_240_203
+
+# Levels with more problems than this are sampled (seeded, distinct) instead of enumerated.
+MAX_ENUMERATED = 200_000
+SAMPLED_POOL = 50_000
+
+
+def level_size(level: int) -> int:
+    """Number of distinct problems of a level."""
     if level not in LEVELS:
         raise DataError(f"arith: unknown difficulty level {level}; known levels: {sorted(LEVELS)}")
+    _, (lo, hi), op = LEVELS[level]
+    n = hi - lo + 1
+    return n * (n + 1) // 2 if op == "-" else n * n
+
+
+def all_problems(level: int) -> list[tuple[int, int, str]]:
+    """Every problem of a level, in a fixed order."""
+    level_size(level)  # validates the level
     _, (lo, hi), op = LEVELS[level]
     probs = [(a, b, op) for a in range(lo, hi + 1) for b in range(lo, hi + 1)]
     if op == "-":
@@ -53,22 +70,49 @@ def all_problems(level: int) -> list[tuple[int, int, str]]:
     return probs
 
 
+def _level_pool(level: int, held_out: bool, fraction: float, want: int, rng: random.Random) -> list[tuple[int, int, str]]:
+    """Up to ``want`` distinct problems of one split of a level (all of them if ``want <= 0``), shuffled."""
+    in_split = lambda p: is_held_out(format_prompt(*p), fraction) == held_out  # noqa: E731
+    if level_size(level) <= MAX_ENUMERATED:
+        pool = [p for p in all_problems(level) if in_split(p)]
+        rng.shuffle(pool)
+        return pool if want <= 0 else pool[:want]
+    # Too many to enumerate: rejection-sample distinct problems of the split.
+    want = SAMPLED_POOL if want <= 0 else want
+    _, (lo, hi), op = LEVELS[level]
+    seen: dict[tuple[int, int, str], None] = {}
+    while len(seen) < want:
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        if op == "-" and a < b:
+            a, b = b, a
+        if in_split((a, b, op)):
+            seen[(a, b, op)] = None
+    return list(seen)
+
+
 def make_split(
     levels: list[int], held_out: bool, held_out_fraction: float, size: int, seed: int
 ) -> list[Prompt]:
-    """Draw ``size`` distinct problems from the requested split, spread evenly over ``levels``."""
+    """``size`` distinct problems of one split, shared equally between ``levels`` (``size <= 0``: all).
+
+    A level too small for its share contributes all it has. Levels above ``MAX_ENUMERATED`` problems
+    are sampled; with ``size <= 0`` they contribute ``SAMPLED_POOL`` problems.
+    """
     rng = random.Random(seed)
-    pool = [
-        p for lv in dict.fromkeys(levels) for p in all_problems(lv)
-        if is_held_out(format_prompt(*p), held_out_fraction) == held_out
-    ]
-    if not pool:
-        raise DataError(f"arith: no problems in the {'held-out' if held_out else 'train'} split")
-    rng.shuffle(pool)
-    chosen = pool if size <= 0 else pool[:size]
+    levels = list(dict.fromkeys(levels))
+    chosen: list[tuple[int, tuple[int, int, str]]] = []
+    for i, lv in enumerate(levels):
+        share = 0 if size <= 0 else (size - len(chosen)) // (len(levels) - i)
+        if size > 0 and share == 0:
+            continue
+        chosen.extend((lv, p) for p in _level_pool(lv, held_out, held_out_fraction, share, rng))
+    if not chosen:
+        raise DataError(f"arith: no problems in the {'held-out' if held_out else 'train'} split of levels {levels}")
+    rng.shuffle(chosen)
     return [
-        Prompt(text=format_prompt(a, b, op), answer=str(solve(a, b, op)), meta={"a": a, "b": b, "op": op})
-        for a, b, op in chosen
+        Prompt(text=format_prompt(a, b, op), answer=str(solve(a, b, op)),
+               meta={"a": a, "b": b, "op": op, "level": lv})
+        for lv, (a, b, op) in chosen
     ]
 
 
@@ -82,7 +126,10 @@ def arith_task(
     train_file: str | None = None,
     held_out_file: str | None = None,
 ) -> Task:
-    """Seeded arithmetic problems; ``train_file``/``held_out_file`` (JSONL) replace the generated splits."""
+    """Seeded arithmetic problems; ``train_file``/``held_out_file`` (JSONL) replace the generated splits.
+
+    ``seed`` orders the training problems; the held-out prompts are the same for every seed.
+    """
     levels = levels or [2]
     train = (
         load_jsonl_prompts(train_file) if train_file
@@ -90,7 +137,7 @@ def arith_task(
     )
     held = (
         load_jsonl_prompts(held_out_file) if held_out_file
-        else make_split(levels, True, held_out_fraction, held_out_size, seed + 1)
+        else make_split(levels, True, held_out_fraction, held_out_size, HELD_OUT_SEED)
     )
     return Task(name="arith", train=train, held_out=held, rewards=["exact_match", "format"])
 

@@ -39,7 +39,7 @@ RESUMABLE_KEYS = {"train.steps", "checkpoint.every", "checkpoint.keep", "log.pro
 def build_task(cfg: RunConfig) -> Task:
     t = cfg.task
     return TASKS.get(t.name)(
-        levels=t.levels, held_out_size=t.held_out_size, held_out_fraction=t.held_out_fraction,
+        levels=t.levels, train_size=t.train_size, held_out_size=t.held_out_size, held_out_fraction=t.held_out_fraction,
         seed=cfg.seed, train_file=t.train_file, held_out_file=t.held_out_file,
     )
 
@@ -84,6 +84,7 @@ class OnlineTrainer:
             stop_token_ids=cfg.rollout.stop_token_ids, stop_strings=cfg.rollout.stop_strings,
             ignore_eos=cfg.rollout.ignore_eos,
         )
+        self._write_config()
         self.sampler = PromptSampler(self.task.train, cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         tc = cfg.train
@@ -126,8 +127,12 @@ class OnlineTrainer:
                 f"run directory {self.run_dir} already holds checkpoints; pass --resume {self.run_dir} "
                 "to continue it, or choose another run_dir"
             )
+
+    def _write_config(self) -> None:
+        """Create the run directory once the task and model loaded, so bad input leaves nothing behind."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(cfg_file, yaml.safe_dump(dumped, sort_keys=False))
+        ckpt.atomic_write_text(self.run_dir / CONFIG_FILE,
+                               yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
 
     def _state(self) -> dict[str, Any]:
         return {
