@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from rlfold.core.config import load_config
+from rlfold.core.config_loader import load_config
 from rlfold.trainers.online import OnlineTrainer
 
 RECIPE = Path(__file__).resolve().parent.parent / "src" / "rlfold" / "recipes" / "grpo.yaml"

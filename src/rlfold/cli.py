@@ -46,7 +46,7 @@ def _resume_hint(run_dir: Path) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rlfold.core.config import load_config
+    from rlfold.core.config_loader import load_config
     from rlfold.plot import plot_run
     from rlfold.trainers.metrics import print_summary
     from rlfold.trainers.online import OnlineTrainer

@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rlfold.cli import RECIPES_DIR
-from rlfold.core.config import (
-    RunConfig,
-    apply_overrides,
-    closest,
-    load_config,
-    parse_override,
-)
+from rlfold.core.config import RunConfig
+from rlfold.core.config_loader import apply_overrides, load_config, parse_override
+from rlfold.core.suggest import closest
 from rlfold.core.errors import ConfigError
 
 GRPO = RECIPES_DIR / "grpo.yaml"

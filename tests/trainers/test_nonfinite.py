@@ -7,7 +7,7 @@ import torch
 
 from rlfold.algos import POLICY_LOSSES
 from rlfold.algos.policy_losses import ppo_clip
-from rlfold.core.config import load_config
+from rlfold.core.config_loader import load_config
 from rlfold.core.errors import NumericalError
 from rlfold.trainers import checkpoint as ckpt
 from rlfold.trainers.metrics import read_jsonl

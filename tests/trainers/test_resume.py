@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from rlfold.core.config import load_config
+from rlfold.core.config_loader import load_config
 from rlfold.trainers import checkpoint as ckpt
 from rlfold.trainers.online import OnlineTrainer
 

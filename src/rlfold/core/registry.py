@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Generic, TypeVar
+
+from rlfold.core.suggest import closest
 
 T = TypeVar("T")
 
@@ -42,8 +43,8 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._items), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = closest(name, list(self._items))
+            hint = f"; did you mean {close!r}?" if close else ""
             raise UnknownPartError(
                 f"unknown {self.kind} {name!r}{hint} (registered: {', '.join(sorted(self._items))})"
             ) from None
