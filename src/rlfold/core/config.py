@@ -24,6 +24,7 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     path: str = Field("tiny-arith", min_length=1, description="HF causal-LM directory, or the name of a shipped model")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    disable_dropout: bool = Field(True, description="zero dropout in the policy so training and rollout forwards agree")
 
 
 class TaskConfig(_Strict):

@@ -90,3 +90,21 @@ def load_model_and_tokenizer(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Zero every dropout (modules and functional attention-dropout rates), as TRL's ``disable_dropout`` does.
+
+    With dropout active the training forward differs from the rollout forward, so importance ratios
+    and KL would be noisy even before the first update. Returns how many rates were changed.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p != 0.0:
+            module.p = 0.0
+            changed += 1
+        for attr in ("attention_dropout", "attn_dropout", "dropout"):
+            if isinstance(getattr(module, attr, None), float) and getattr(module, attr) != 0.0:
+                setattr(module, attr, 0.0)
+                changed += 1
+    return changed

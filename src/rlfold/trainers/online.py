@@ -17,7 +17,7 @@ from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rlfold.core.config import RunConfig
 from rlfold.core.errors import ConfigError, NumericalError
 from rlfold.core.types import FINISH_LENGTH
-from rlfold.models import load_model_and_tokenizer
+from rlfold.models import disable_dropout, load_model_and_tokenizer
 from rlfold.rewards import score_batch
 from rlfold.rollout import ENGINES, SamplingParams
 from rlfold.rollout.hf_engine import sequence_logprobs
@@ -73,6 +73,8 @@ class OnlineTrainer:
         self.task = build_task(cfg)
         dtype = DTYPES[cfg.model.dtype]
         self.model, self.tokenizer = load_model_and_tokenizer(cfg.model.path, dtype)
+        if cfg.model.disable_dropout:
+            disable_dropout(self.model)
         self.ref_model = None
         if cfg.algo.kl_coef > 0:
             self.ref_model, _ = load_model_and_tokenizer(cfg.model.path, dtype)
