@@ -7,33 +7,25 @@ import math
 import pytest
 import torch
 from pydantic import ValidationError
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP
 from rlfold.rollout import ENGINES, HFEngine, SamplingParams
 from rlfold.rollout.hf_engine import sequence_logprobs
 from rlfold.rollout.sampling import process_logits
+from rlfold.models.tiny import SPECIAL_TOKENS, build_char_tokenizer
 
 CHARS = list("0123456789+= abxy")
-SPECIALS = ["<pad>", "<bos>", "<eos>"]
 
 
 def _make_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    return build_char_tokenizer(CHARS)
 
 
 def _make_model(attn: str = "sdpa", seed: int = 0) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
     cfg = Qwen2Config(
-        vocab_size=len(SPECIALS) + len(CHARS),
+        vocab_size=len(SPECIAL_TOKENS) + len(CHARS),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -75,7 +67,7 @@ def _make_gpt2() -> GPT2LMHeadModel:
     (RoPE models are invariant to a constant position shift, so they cannot catch that bug)."""
     torch.manual_seed(0)
     cfg = GPT2Config(
-        vocab_size=len(SPECIALS) + len(CHARS), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+        vocab_size=len(SPECIAL_TOKENS) + len(CHARS), n_embd=32, n_layer=2, n_head=4, n_positions=64,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
     cfg._attn_implementation = "sdpa"
@@ -240,15 +232,15 @@ def test_ignore_eos_samples_to_the_length_limit(tok):
 def test_stop_string(tok):
     """(f) generation ends once the decoded response contains a stop string."""
     a, b = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")
-    model = _bias_head(_make_model("sdpa"), {a: 2.0, b: 2.0, tok.eos_token_id: -100.0})  # no eos stops
-    params = SamplingParams(n=12, max_new_tokens=6, seed=2, stop_strings=["ab"])
+    model = _bias_head(_make_model("sdpa"), {a: 4.0, b: 6.0, tok.eos_token_id: -100.0, tok.unk_token_id: -100.0, tok.pad_token_id: -100.0})
+    params = SamplingParams(n=12, max_new_tokens=6, seed=2, stop_strings=["aa"])
     rb = HFEngine(model, tok).generate(["1+2="], params)
     assert FINISH_STOP in rb.finish_reasons and FINISH_LENGTH in rb.finish_reasons
     for text, reason, length in zip(rb.response_texts, rb.finish_reasons, rb.response_mask.sum(-1).tolist()):
         if reason == FINISH_STOP:
-            assert text.endswith("ab") and "ab" not in text[:-1]
+            assert text.endswith("aa") and "aa" not in text[:-1]
         else:
-            assert "ab" not in text and length == 6
+            assert "aa" not in text and length == 6
 
 
 def test_process_logits_hand_example():

@@ -11,9 +11,9 @@ SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character; ``<bos>`` is prepended, ``<eos>`` ends an answer."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+def build_char_tokenizer(characters: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """One token per character (default: printable ASCII); ``<bos>`` is prepended, ``<eos>`` ends an answer."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + (characters or CHARACTERS))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
