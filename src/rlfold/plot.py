@@ -12,12 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rlfold.core.errors import RlfoldError  # noqa: E402
 from rlfold.trainers.metrics import METRICS_FILE, read_jsonl  # noqa: E402
 
+# (title, [(metric, legend label)])
 PANELS = [
-    ("reward", ["reward/mean"]),
-    ("accuracy", ["acc/mean"]),
-    ("response length", ["response_length/mean"]),
-    ("entropy", ["actor/entropy"]),
-    ("KL to reference", ["actor/kl", "actor/ppo_kl"]),
+    ("reward", [("reward/mean", "reward/mean")]),
+    ("accuracy", [("acc/mean", "acc/mean (sampled rollouts)")]),
+    ("response length", [("response_length/mean", "response_length/mean (tokens)")]),
+    ("entropy", [("actor/entropy", "actor/entropy")]),
+    ("KL", [("actor/kl", "actor/kl (to reference)"), ("actor/ppo_kl", "actor/ppo_kl (to rollout policy)")]),
 ]
 
 
@@ -29,10 +30,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise RlfoldError(f"{run_dir / METRICS_FILE} has no rows to plot (is {run_dir} a run directory?)")
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
     for ax, (title, keys) in zip(axes, PANELS):
-        for key in keys:
+        for key, label in keys:
             pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             if pts:
-                ax.plot(*zip(*pts), label=key, lw=1.2)
+                ax.plot(*zip(*pts), label=label, lw=1.2)
         if title == "accuracy":
             val = [(r["step"], v) for r in rows for k, v in r.items() if k.startswith("val/") and k.endswith("/acc")]
             if val:
