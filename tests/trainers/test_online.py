@@ -15,7 +15,7 @@ def test_epochs_minibatches_and_kl(tmp_path):
         "train.steps=2", "train.prompts_per_step=4", "rollout.n=4", "train.ppo_epochs=2",
         "train.mini_batch_size=8", "train.micro_batch_size=3", "algo.kl_coef=0.05", "algo.kl_estimator=k3",
         "train.lr=1e-3", "train.warmup_steps=2", "train.schedule=cosine", "log.progress=false",
-        "task.held_out_size=8", "eval.size=8", "checkpoint.every=0",
+        "task.held_out_size=8", "eval.size=8", "checkpoint.every=1", "checkpoint.keep=1",
     ])
     trainer = OnlineTrainer(cfg, tmp_path / "run")
     assert trainer.opt_steps_per_step == 4  # 2 epochs x (16 sequences / 8)
@@ -30,3 +30,6 @@ def test_epochs_minibatches_and_kl(tmp_path):
     assert trainer.scheduler.last_epoch == 8
     assert step1["actor/lr"] < 1e-3
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    # checkpoint.keep=1: older checkpoints are pruned, the newest stays and `latest` names it
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["latest", "step_0000002"]
