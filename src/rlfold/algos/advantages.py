@@ -14,12 +14,12 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from rlfold.core.registry import Registry
+from rlfold.core import registry
 
 Scale = Literal["group", "batch", "none"]
 AdvantageFn = Callable[..., tuple[Tensor, dict[str, float]]]
 
-ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
+ADVANTAGES = registry.ADVANTAGES
 
 
 def _check_inputs(rewards: Tensor, group_ids: Tensor, response_mask: Tensor) -> None:

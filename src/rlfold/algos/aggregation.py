@@ -18,7 +18,7 @@ from typing import Callable
 from torch import Tensor
 
 from rlfold.core.masked import masked_sum
-from rlfold.core.registry import Registry
+from rlfold.core import registry
 
 Normaliser = Callable[[Tensor], float]
 Reduce = Callable[[Tensor, Tensor, float], Tensor]
@@ -33,7 +33,7 @@ class Aggregation:
     doc: str = ""
 
 
-AGGREGATIONS: Registry[Aggregation] = Registry("loss aggregation")
+AGGREGATIONS = registry.AGGREGATIONS
 
 
 def _check(loss: Tensor, mask: Tensor) -> None:

@@ -14,11 +14,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rlfold.core.registry import Registry
+from rlfold.core import registry
 
 KLFn = Callable[[Tensor, Tensor], Tensor]
 
-KL_ESTIMATORS: Registry[KLFn] = Registry("KL estimator")
+KL_ESTIMATORS = registry.KL_ESTIMATORS
 
 LOG_RATIO_CLAMP = 20.0
 K3_CLAMP = 10.0

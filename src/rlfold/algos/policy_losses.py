@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 
 from rlfold.core.masked import masked_mean
-from rlfold.core.registry import Registry
+from rlfold.core import registry
 
 PolicyLossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
-POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
+POLICY_LOSSES = registry.POLICY_LOSSES
 
 LOG_RATIO_CLAMP = 20.0
 

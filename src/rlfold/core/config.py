@@ -7,6 +7,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rlfold.core.registry import (
+    ADVANTAGES, AGGREGATIONS, ENGINES, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, TASKS,
+)
 from rlfold.core.suggest import closest
 
 class LocatedValueError(ValueError):
@@ -125,11 +128,9 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_parts(self) -> "RunConfig":
-        # Imported here: the algos/rewards layers register parts on import.
-        from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
-        from rlfold.rewards import REWARDS
-
         checks = [
+            (("task", "name"), self.task.name, TASKS),
+            (("rollout", "engine"), self.rollout.engine, ENGINES),
             (("algo", "advantage"), self.algo.advantage, ADVANTAGES),
             (("algo", "policy_loss"), self.algo.policy_loss, POLICY_LOSSES),
             (("algo", "loss_agg"), self.algo.loss_agg, AGGREGATIONS),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from rlfold.core.errors import RlfoldError
 from rlfold.core.suggest import closest
 
 T = TypeVar("T")
 
 
-class UnknownPartError(KeyError):
+class UnknownPartError(RlfoldError, KeyError):
     """Raised when a part name is not registered; the message suggests the closest name."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
@@ -54,3 +55,14 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+# The named registries. They live in the core so that configuration can be validated against them
+# without importing the layers that fill them; ``import rlfold`` registers the built-in parts.
+ADVANTAGES: Registry = Registry("advantage estimator")
+POLICY_LOSSES: Registry = Registry("policy loss")
+AGGREGATIONS: Registry = Registry("loss aggregation")
+KL_ESTIMATORS: Registry = Registry("KL estimator")
+REWARDS: Registry = Registry("reward function")
+TASKS: Registry = Registry("task")
+ENGINES: Registry = Registry("rollout engine")

@@ -7,12 +7,12 @@ from typing import Callable, Sequence
 import torch
 
 from rlfold.core.errors import RewardError
-from rlfold.core.registry import Registry
+from rlfold.core import registry
 from rlfold.core.types import Prompt
 
 RewardFn = Callable[[Sequence[Prompt], Sequence[str], Sequence[str]], Sequence[float]]
 
-REWARDS: Registry[RewardFn] = Registry("reward function")
+REWARDS = registry.REWARDS
 
 
 def _locate_failure(name: str, fn: RewardFn, prompts, completions, finishes, exc: Exception) -> RewardError:

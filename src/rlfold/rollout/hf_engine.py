@@ -8,11 +8,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlfold.core.errors import ConfigError, DataError
-from rlfold.core.registry import Registry
+from rlfold.core import registry
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
 from rlfold.rollout.sampling import SamplingParams, process_logits
 
-ENGINES: Registry = Registry("rollout engine")
+ENGINES = registry.ENGINES
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from rlfold.core.errors import DataError
-from rlfold.core.registry import Registry
+from rlfold.core import registry
 from rlfold.core.types import Prompt
 
 
@@ -28,7 +27,7 @@ class Task:
             raise DataError(f"task {self.name!r}: the held-out split is empty")
 
 
-TASKS: Registry[Callable[..., Task]] = Registry("task")
+TASKS = registry.TASKS
 
 REQUIRED_FIELDS = ("prompt", "answer")
 
