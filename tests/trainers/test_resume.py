@@ -111,3 +111,18 @@ def test_interrupted_checkpoint_write_keeps_latest(tmp_path, monkeypatch):
     assert state["step"] == 2
     resumed = OnlineTrainer(cfg, tmp_path / "run", resume=True)
     assert resumed.step == 2
+
+
+def test_resume_before_any_checkpoint_starts_over_without_duplicate_rows(tmp_path):
+    overrides = ["train.steps=2", "checkpoint.every=0", "log.progress=false", "task.held_out_size=8",
+                 "eval.size=8", "train.prompts_per_step=4", "rollout.n=2"]
+    cfg = load_config(Path(__file__).resolve().parents[2] / "src/rlfold/recipes/grpo.yaml", overrides)
+    run = tmp_path / "run"
+    trainer = OnlineTrainer(cfg, run)
+    # Simulate a run killed after logging step 1 but before any checkpoint.
+    trainer.init_eval = trainer.evaluate()
+    (run / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
+    resumed = OnlineTrainer(cfg, run, resume=True)
+    assert resumed.step == 0
+    rows = resumed.fit()
+    assert [r["step"] for r in rows] == [0, 1, 2]

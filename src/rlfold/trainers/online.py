@@ -152,8 +152,10 @@ class OnlineTrainer:
 
     def _restore(self) -> None:
         path = ckpt.latest_checkpoint(self.run_dir)
-        if path is None:
-            return  # killed before the first checkpoint: start from scratch
+        if path is None:  # killed before the first checkpoint: start from scratch, dropping its logs
+            for name in (METRICS_FILE, SAMPLES_FILE):
+                truncate_after_step(self.run_dir / name, -1)
+            return
         from transformers import AutoModelForCausalLM
 
         loaded = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[self.cfg.model.dtype], local_files_only=True)
