@@ -7,8 +7,11 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
 from rich.console import Console
 from rich.table import Table
+
+from rlfold.core.types import FINISH_LENGTH, RolloutBatch
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -52,6 +55,25 @@ def truncate_after_step(path: Path, step: int) -> None:
     """Drop rows logged after ``step`` (used on resume, so metrics are not duplicated)."""
     rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def rollout_metrics(
+    roll: RolloutBatch, rewards: torch.Tensor, per_fn: dict[str, torch.Tensor], n: int, accuracy_reward: str
+) -> dict[str, float]:
+    """Reward, accuracy and length statistics of one step's rollouts (DESIGN.md metric names)."""
+    lengths = roll.response_mask.sum(1).float()
+    groups = rewards.view(-1, n)
+    return {
+        "reward/mean": rewards.mean().item(),
+        "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+        **{f"reward/{k}/mean": v.mean().item() for k, v in per_fn.items()},
+        "acc/mean": per_fn[accuracy_reward].mean().item(),
+        "frac_reward_zero_std": (groups.std(1) == 0).float().mean().item() if n > 1 else 1.0,
+        "response_length/mean": lengths.mean().item(),
+        "response_length/max": lengths.max().item(),
+        "response_length/min": lengths.min().item(),
+        "response_length/clip_ratio": sum(f == FINISH_LENGTH for f in roll.finish_reasons) / roll.size,
+    }
 
 
 SUMMARY_KEYS = (

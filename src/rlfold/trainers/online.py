@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rlfold.core.config import RunConfig
 from rlfold.core.errors import ConfigError, NumericalError
-from rlfold.core.types import FINISH_LENGTH
 from rlfold.models import disable_dropout, load_model_and_tokenizer
 from rlfold.rewards import score_batch
 from rlfold.rollout import ENGINES, SamplingParams
@@ -25,7 +24,9 @@ from rlfold.tasks import TASKS, Task
 from rlfold.trainers import checkpoint as ckpt
 from rlfold.trainers.data import PromptSampler
 from rlfold.trainers.evaluate import evaluate
-from rlfold.trainers.metrics import METRICS_FILE, SAMPLES_FILE, JsonlLog, read_jsonl, truncate_after_step
+from rlfold.trainers.metrics import (
+    METRICS_FILE, SAMPLES_FILE, JsonlLog, read_jsonl, rollout_metrics, truncate_after_step,
+)
 from rlfold.trainers.schedule import make_scheduler
 from rlfold.trainers.update import UpdateStats, policy_update
 
@@ -214,28 +215,19 @@ class OnlineTrainer:
         )
         t_update = time.perf_counter() - t0
         self.step += 1
-        lengths = roll.response_mask.sum(1).float()
-        groups = rewards.view(len(prompts), self.params.n)
-        n_tokens = float(lengths.sum())
         dt = time.perf_counter() - t_step
+        if cfg.accuracy_reward not in per_fn:
+            per_fn[cfg.accuracy_reward] = score_batch([(cfg.accuracy_reward, 1.0)], reps, roll.response_texts,
+                                                      roll.finish_reasons)[1][cfg.accuracy_reward]
         m: dict[str, float] = {
             "step": self.step,
-            "reward/mean": rewards.mean().item(),
-            "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-            "acc/mean": per_fn[cfg.accuracy_reward].mean().item() if cfg.accuracy_reward in per_fn
-            else score_batch([(cfg.accuracy_reward, 1.0)], reps, roll.response_texts, roll.finish_reasons)[0].mean().item(),
-            "frac_reward_zero_std": (groups.std(1) == 0).float().mean().item() if self.params.n > 1 else 1.0,
-            "response_length/mean": lengths.mean().item(),
-            "response_length/max": lengths.max().item(),
-            "response_length/min": lengths.min().item(),
-            "response_length/clip_ratio": sum(f == FINISH_LENGTH for f in roll.finish_reasons) / roll.size,
-            **{f"reward/{k}/mean": v.mean().item() for k, v in per_fn.items()},
-            **stats.metrics,
             **adv_metrics,
+            **rollout_metrics(roll, rewards, per_fn, self.params.n, cfg.accuracy_reward),
+            **stats.metrics,
             "actor/lr": self.optimizer.param_groups[0]["lr"],
             "timing_s/gen": t_gen, "timing_s/reward": t_reward, "timing_s/ref": t_ref,
             "timing_s/update": t_update, "timing_s/step": dt,
-            "perf/tokens_per_s": n_tokens / max(t_gen, 1e-9),
+            "perf/tokens_per_s": float(roll.response_mask.sum()) / max(t_gen, 1e-9),
         }
         self._last_samples = [
             {"step": self.step, "prompt": reps[i].text, "completion": roll.response_texts[i], "answer": reps[i].answer,
