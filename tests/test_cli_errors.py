@@ -164,3 +164,16 @@ def test_reward_raising_mid_run_keeps_the_last_checkpoint(capsys, tmp_path):
     assert not (run_dir / "final").exists()
     steps = [row["step"] for row in read_jsonl(run_dir / METRICS_FILE)]
     assert steps == [0, 1, 2, 3]  # it failed in step 4, after three finished steps
+
+
+def test_print_config_shows_resolved_values_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from rlfold.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "grpo", "train.lr=3e-5", "rollout.n=4", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["lr"] == 3e-5 and printed["rollout"]["n"] == 4
+    assert printed["algo"]["advantage"] == "grpo"
+    assert not (tmp_path / "runs").exists()

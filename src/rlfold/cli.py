@@ -52,6 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rlfold.trainers.online import OnlineTrainer
 
     cfg = load_config(resolve_recipe(args.config), args.overrides)
+    if getattr(args, "print_config", False):
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
     run_dir = _run_dir(cfg, args.resume)
     if args.resume and not run_dir.is_dir():
         raise RlfoldError(f"--resume {run_dir}: no such run directory")
@@ -137,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="run a recipe (YAML file or shipped recipe name)")
-    p.add_argument("config")
+    p.add_argument("config", help="recipe YAML file, or the name of a shipped recipe (see `rlfold recipes`)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 model.path=DIR")
+    p.add_argument("--print-config", action="store_true",
+                   help="validate, print the resolved configuration as YAML and exit without training")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue from RUN_DIR's latest checkpoint")
     p.set_defaults(func=cmd_train)
 
