@@ -77,3 +77,18 @@ def test_three_nan_steps_in_a_row_stop_before_overwriting_checkpoints(tmp_path):
         assert torch.equal(v, before[k])
     assert not (run / "final").exists()
     assert [r["nonfinite_steps"] for r in read_jsonl(run / "metrics.jsonl") if r["step"] > 0] == [0, 0, 1, 2, 3]
+
+
+def test_nan_on_the_last_step_still_saves_the_final_policy(tmp_path):
+    CALLS["n"] = 0
+    NAN_STEPS.clear()
+    NAN_STEPS.add(3)
+    trainer = _trainer(tmp_path / "run", steps=3)
+    rows = trainer.fit()
+    assert rows[-1]["nonfinite_steps"] == 1
+    # the skipped step left the parameters as they were after step 2, and those are what is saved
+    from safetensors.torch import load_file
+
+    final = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    step2 = load_file(tmp_path / "run" / "checkpoints" / "step_0000002" / "model.safetensors")
+    assert all(torch.equal(final[k], step2[k]) for k in final)

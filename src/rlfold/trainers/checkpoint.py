@@ -37,12 +37,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dest: Path) -> None:
-    """Save a HF model directory under a temporary name, then swap it into place."""
+def save_pretrained_atomic(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dest: Path, state: dict[str, Any] | None = None
+) -> None:
+    """Save a HF model directory (plus ``state`` if given) under a temporary name, then swap it into place."""
     tmp = dest.with_name(f".tmp-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if state is not None:
+        torch.save(state, tmp / STATE_FILE)
     _fsync_tree(tmp)
     old = dest.with_name(f".old-{dest.name}")
     if dest.exists():
@@ -63,15 +67,7 @@ def save_checkpoint(
     root = run_dir / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
-    tmp = root / f".tmp-step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(state, tmp / STATE_FILE)
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    save_pretrained_atomic(model, tokenizer, final, state)
     atomic_write_text(root / LATEST, final.name)
     _prune(root, keep, protect=final.name)
     return final
@@ -87,8 +83,8 @@ def _prune(root: Path, keep: int, protect: str) -> None:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint ``latest`` names, after removing any half-written temporary directory."""
     root = run_dir / CKPT_DIR
-    for tmp in root.glob(".tmp-step_*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in (*root.glob(".tmp-step_*"), *root.glob(".old-step_*")):
+        shutil.rmtree(leftover, ignore_errors=True)
     pointer = root / LATEST
     if not pointer.is_file():
         return None

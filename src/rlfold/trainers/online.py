@@ -256,9 +256,7 @@ class OnlineTrainer:
                     self.nonfinite_total += 1
                     self.nonfinite_streak += 1
                 res.metrics["nonfinite_steps"] = self.nonfinite_total
-                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
-                    res.metrics.update(self.evaluate())
-                if self.step == cfg.train.steps:
+                if self.step == cfg.train.steps or (cfg.eval.every and self.step % cfg.eval.every == 0):
                     res.metrics.update(self.evaluate())
                 metrics_log.write(res.metrics)
                 for s in self._last_samples:
@@ -275,9 +273,9 @@ class OnlineTrainer:
                 if self.nonfinite_streak == 0 and cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 \
                         and self.step < cfg.train.steps:
                     self.save()
-            if self.nonfinite_streak == 0:
-                self.save()
-                ckpt.save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "final")
+            # A skipped (non-finite) step leaves the parameters untouched, so they are safe to save here.
+            self.save()
+            ckpt.save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "final")
         finally:
             bar.close()
             metrics_log.close()
