@@ -57,6 +57,25 @@ class Registry(Generic[T]):
         return name in self._items
 
 
+def needs(*inputs: str) -> Callable[[T], T]:
+    """Declare the batch inputs a part needs beyond its positional tensors (``values``, ``token_rewards``, ...).
+
+    The trainer reads ``part.needs`` and supplies each named input as a keyword tensor; a part
+    therefore never reaches into the trainer, and adding one does not change the trainer loop.
+    """
+
+    def deco(obj: T) -> T:
+        obj.needs = tuple(inputs)  # type: ignore[attr-defined]
+        return obj
+
+    return deco
+
+
+def needed_inputs(part: object) -> tuple[str, ...]:
+    """The inputs declared with ``@needs`` (empty for parts that need only their positional tensors)."""
+    return tuple(getattr(part, "needs", ()))
+
+
 # The named registries. They live in the core so that configuration can be validated against them
 # without importing the layers that fill them; ``import rlfold`` registers the built-in parts.
 ADVANTAGES: Registry = Registry("advantage estimator")
@@ -66,3 +85,4 @@ KL_ESTIMATORS: Registry = Registry("KL estimator")
 REWARDS: Registry = Registry("reward function")
 TASKS: Registry = Registry("task")
 ENGINES: Registry = Registry("rollout engine")
+SELECTIONS: Registry = Registry("selection part")
