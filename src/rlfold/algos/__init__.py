@@ -7,11 +7,12 @@ policy losses (``POLICY_LOSSES``), loss aggregations (``AGGREGATIONS``) and KL e
 
 from __future__ import annotations
 
-from rlfold.algos import advantages, aggregation, kl, policy_losses
+from rlfold.algos import advantages, aggregation, critic, kl, policy_losses, selection, token_advantages
 from rlfold.algos.advantages import ADVANTAGES
 from rlfold.algos.aggregation import AGGREGATIONS, Aggregation, aggregate
 from rlfold.algos.kl import KL_ESTIMATORS
 from rlfold.algos.policy_losses import POLICY_LOSSES
+from rlfold.core.registry import SELECTIONS
 
 __all__ = [
     "ADVANTAGES",
@@ -19,6 +20,7 @@ __all__ = [
     "Aggregation",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
+    "SELECTIONS",
     "advantages",
     "aggregate",
     "aggregation",
