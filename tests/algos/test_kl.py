@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlfold.algos import KL_ESTIMATORS
+from rlfold.algos.kl import adaptive_kl_coef, kl_in_reward
 
 
 def test_k3_hand_values() -> None:
@@ -68,3 +69,55 @@ def test_every_part_cites_a_source() -> None:
     for name in KL_ESTIMATORS.names():
         doc = (KL_ESTIMATORS.get(name).__doc__ or "").strip().splitlines()[0]
         assert "Schulman 2020" in doc or "arXiv" in doc, name
+
+
+# ---------------------------------------------------------------------------------------------
+# KL in the reward and the adaptive coefficient (peers.md 1.4)
+
+
+def test_kl_in_reward_hand_example() -> None:
+    scores = torch.tensor([1.0, -0.5, 2.0, 3.0])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    kl = torch.tensor([[0.2, -0.4, 1.0, 9.0], [0.5, 9.0, 0.0, 9.0], [9.0, 9.0, 9.0, 9.0], [0.0, 0.0, 0.0, 0.3]])
+    rewards = kl_in_reward(scores, mask, kl, 0.1)
+    expected = torch.tensor([
+        [-0.02, 0.04, 1.0 - 0.1, 0.0],   # score on the last valid token (index 2)
+        [-0.05, 0.0, -0.5, 0.0],         # gap in the mask: the last valid token is still index 2
+        [0.0, 0.0, 0.0, 0.0],            # no valid token: score dropped
+        [0.0, 0.0, 0.0, 3.0 - 0.03],     # full row: last column
+    ])
+    assert torch.allclose(rewards, expected)
+    assert rewards.shape == mask.shape
+    # coef 0: the plain outcome reward on the last token
+    assert torch.equal(kl_in_reward(scores, mask, kl, 0.0).sum(-1), torch.tensor([1.0, -0.5, 0.0, 3.0]))
+
+
+def test_kl_in_reward_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="scores"):
+        kl_in_reward(torch.zeros(3), torch.ones(2, 4), torch.zeros(2, 4), 0.1)
+    with pytest.raises(ValueError, match="same shape"):
+        kl_in_reward(torch.zeros(2), torch.ones(2, 4), torch.zeros(2, 3), 0.1)
+
+
+@pytest.mark.parametrize(
+    ("observed", "expected"),
+    [
+        (0.15, 0.1 * (1 + 0.2 * 256 / 10000)),    # e = 0.5 clipped to 0.2 -> 0.100512
+        (0.09, 0.1 * (1 - 0.1 * 256 / 10000)),    # e = -0.1 -> 0.099744
+        (0.0, 0.1 * (1 - 0.2 * 256 / 10000)),     # e = -1 clipped to -0.2 -> 0.099488
+        (0.1, 0.1),                               # on target: unchanged
+    ],
+)
+def test_adaptive_kl_coef_hand_values(observed: float, expected: float) -> None:
+    new = adaptive_kl_coef(0.1, observed, target=0.1, horizon=10000, n_steps=256)
+    assert isinstance(new, float)
+    assert new == pytest.approx(expected, rel=1e-12)
+
+
+def test_adaptive_kl_coef_numbers_and_tensor_input() -> None:
+    assert 0.1 * (1 + 0.2 * 256 / 10000) == pytest.approx(0.100512)
+    assert adaptive_kl_coef(0.05, torch.tensor(0.11), target=0.1, horizon=1000, n_steps=100) == pytest.approx(
+        0.05 * (1 + 0.1 * 0.1)  # e = 0.1 -> 0.0505
+    )
+    with pytest.raises(ValueError, match="target"):
+        adaptive_kl_coef(0.1, 0.1, target=0.0, horizon=10000, n_steps=1)

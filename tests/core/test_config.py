@@ -158,7 +158,7 @@ def test_closest():
         ("rollout.top_p=2", "rollout.top_p", ["less than or equal to 1", "2"]),
         ("rollout.n=0", "rollout.n", ["greater than or equal to 1"]),
         ("rollout.temperature=-0.5", "rollout.temperature", ["greater than or equal to 0"]),
-        ("algo.clip_low=1.5", "algo.clip_low", ["less than 1"]),
+        ("algo.clip_low=-0.5", "algo.clip_low", ["greater than or equal to 0"]),
         ("model.dtype=fp8", "model.dtype", ["'float32'", "'fp8'"]),
         ("model.path=", "model.path", ["at least 1 character"]),
         ("train.schedule=cosin", "train.schedule", ["'cosine'"]),

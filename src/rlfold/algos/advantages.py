@@ -9,12 +9,14 @@ on masked tokens. ``metrics`` holds plain floats.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from rlfold.core import registry
+from rlfold.core.masked import masked_mean, masked_var
 
 Scale = Literal["group", "batch", "none"]
 AdvantageFn = Callable[..., tuple[Tensor, dict[str, float]]]
@@ -48,45 +50,60 @@ def _broadcast(adv: Tensor, response_mask: Tensor) -> Tensor:
     return torch.where(response_mask.bool(), per_token, torch.zeros_like(per_token))
 
 
-def _centred(
-    rewards: Tensor, group_ids: Tensor, scale: Scale, eps: float
-) -> tuple[Tensor, dict[str, float]]:
-    """Group-centred (and optionally scaled) advantage per sequence, plus metrics."""
+class _Groups(NamedTuple):
+    """Per-group statistics of the sequence rewards; ``inv`` maps each row to its group index."""
+
+    inv: Tensor  # [N] group index of every row
+    count: Tensor  # [G] rows per group
+    total: Tensor  # [G] sum of rewards
+    multi: Tensor  # [G] group has two or more rows
+    constant: Tensor  # [G] group of two or more rows whose rewards are all equal
+
+
+def _group_stats(rewards: Tensor, group_ids: Tensor) -> _Groups:
     _, inv = torch.unique(group_ids, return_inverse=True)
     n_groups = int(inv.max().item()) + 1
     zeros = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device)
     count = zeros.index_add(0, inv, torch.ones_like(rewards))
-    mean = zeros.index_add(0, inv, rewards) / count
-    sq_dev = zeros.index_add(0, inv, (rewards - mean[inv]) ** 2)
-    std = (sq_dev / (count - 1).clamp(min=1)).sqrt()  # unbiased, like torch.std
+    total = zeros.index_add(0, inv, rewards)
     # max == min is an exact test for "all rewards equal"; the floating-point mean is not.
     r_max = zeros.scatter_reduce(0, inv, rewards, "amax", include_self=False)
     r_min = zeros.scatter_reduce(0, inv, rewards, "amin", include_self=False)
     multi = count > 1
-    constant = multi & (r_max == r_min)
+    return _Groups(inv, count, total, multi, multi & (r_max == r_min))
+
+
+def _frac_zero_std(groups: _Groups) -> float:
+    n_multi = int(groups.multi.sum().item())
+    return float(groups.constant.sum().item()) / n_multi if n_multi else 0.0
+
+
+def _centred(rewards: Tensor, groups: _Groups, scale: Scale, eps: float) -> Tensor:
+    """Group-centred (and optionally scaled) advantage per sequence."""
+    inv, count, multi = groups.inv, groups.count, groups.multi
+    mean = groups.total / count
+    sq_dev = torch.zeros_like(mean).index_add(0, inv, (rewards - mean[inv]) ** 2)
+    std = (sq_dev / (count - 1).clamp(min=1)).sqrt()  # unbiased, like torch.std
     # verl convention: a group of one sample has mean 0 and std 1 (its advantage is its reward).
     mean = torch.where(multi, mean, torch.zeros_like(mean))
     std = torch.where(multi, std, torch.ones_like(std))
 
     centred = rewards - mean[inv]
     if scale == "group":
-        adv = centred / (std[inv] + eps)
-    elif scale == "batch":
+        return centred / (std[inv] + eps)
+    if scale == "batch":
         batch_std = rewards.std() if rewards.numel() > 1 else rewards.new_tensor(1.0)
-        adv = centred / (batch_std + eps)
-    elif scale == "none":
-        adv = centred
-    else:
-        raise ValueError(f"scale must be one of 'group', 'batch', 'none'; got {scale!r}")
-    adv = torch.where(constant[inv], torch.zeros_like(adv), adv)
-    n_multi = int(multi.sum().item())
-    frac = float(constant.sum().item()) / n_multi if n_multi else 0.0
-    return adv, {"frac_reward_zero_std": frac}
+        return centred / (batch_std + eps)
+    return centred
 
 
 def _outcome(
-    rewards: Tensor, group_ids: Tensor, response_mask: Tensor, scale: Scale, eps: float
+    rewards: Tensor,
+    group_ids: Tensor,
+    response_mask: Tensor,
+    per_sequence: Callable[[Tensor, _Groups], Tensor],
 ) -> tuple[Tensor, dict[str, float]]:
+    """Validate, compute the per-sequence advantage, zero constant groups, broadcast to tokens."""
     _check_inputs(rewards, group_ids, response_mask)
     if not rewards.dtype.is_floating_point:
         rewards = rewards.float()
@@ -94,8 +111,23 @@ def _outcome(
     if rewards.numel() == 0:
         empty = torch.zeros(response_mask.shape, dtype=rewards.dtype, device=rewards.device)
         return empty, {"frac_reward_zero_std": 0.0}
-    adv, metrics = _centred(rewards, group_ids, scale, eps)
-    return _broadcast(adv, response_mask), metrics
+    groups = _group_stats(rewards, group_ids)
+    adv = per_sequence(rewards, groups)
+    adv = torch.where(groups.constant[groups.inv], torch.zeros_like(adv), adv)
+    return _broadcast(adv, response_mask), {"frac_reward_zero_std": _frac_zero_std(groups)}
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x - mean) * rsqrt(var + eps) over the valid entries of the whole batch; 0 where masked.
+
+    Mean and unbiased (Bessel-corrected) variance are taken over all entries where ``mask`` is 1
+    (verl ``masked_whiten``). An all-zero input stays exactly zero.
+    """
+    valid = mask.bool()
+    mean = masked_mean(x, valid)
+    var = masked_var(x, valid, unbiased=True)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    return torch.where(valid, out, torch.zeros_like(out))
 
 
 @ADVANTAGES.register("grpo")
@@ -115,7 +147,11 @@ def grpo(
     gets advantage exactly 0. Metric ``frac_reward_zero_std``: fraction of groups (of size >= 2)
     whose rewards are all equal.
     """
-    return _outcome(rewards, group_ids, response_mask, scale, eps)
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be one of 'group', 'batch', 'none'; got {scale!r}")
+    return _outcome(
+        rewards, group_ids, response_mask, lambda r, g: _centred(r, g, scale, eps)
+    )
 
 
 @ADVANTAGES.register("dr_grpo")
@@ -126,4 +162,65 @@ def dr_grpo(
 
     A_i = R_i - mean_g; same conventions as ``grpo`` (singleton mean 0, equal rewards give 0).
     """
-    return _outcome(rewards, group_ids, response_mask, "none", 0.0)
+    return _outcome(
+        rewards, group_ids, response_mask, lambda r, g: _centred(r, g, "none", 0.0)
+    )
+
+
+@ADVANTAGES.register("rloo")
+def rloo(
+    rewards: Tensor, group_ids: Tensor, response_mask: Tensor
+) -> tuple[Tensor, dict[str, float]]:
+    """RLOO leave-one-out baseline advantage (Ahmadian et al. 2024, arXiv 2402.14740).
+
+    A_i = R_i - mean_{j != i in the group} R_j = k/(k-1) (R_i - mean_g) for a group of k rows.
+    A group of one sample keeps its reward (A_i = R_i); equal rewards in a group give exactly 0.
+    Metric ``frac_reward_zero_std`` as in ``grpo``.
+    """
+
+    def leave_one_out(r: Tensor, g: _Groups) -> Tensor:
+        others = (g.total[g.inv] - r) / (g.count[g.inv] - 1).clamp(min=1)
+        return torch.where(g.multi[g.inv], r - others, r)
+
+    return _outcome(rewards, group_ids, response_mask, leave_one_out)
+
+
+@ADVANTAGES.register("opo")
+def opo(
+    rewards: Tensor, group_ids: Tensor, response_mask: Tensor
+) -> tuple[Tensor, dict[str, float]]:
+    """OPO length-weighted optimal reward baseline (Hao et al. 2025, arXiv 2505.23585).
+
+    b_g = sum_j |o_j| R_j / sum_j |o_j| with |o_j| the number of valid response tokens of row j;
+    A_i = R_i - b_g. A group of one sample has baseline 0 (verl); a group whose rows have no valid
+    tokens falls back to the plain mean; equal rewards in a group give exactly 0. With equal
+    lengths this is ``dr_grpo``. Metric ``frac_reward_zero_std`` as in ``grpo``.
+    """
+    lengths = response_mask.detach().sum(dim=1)
+
+    def length_weighted(r: Tensor, g: _Groups) -> Tensor:
+        length = lengths.to(r.dtype)
+        zeros = torch.zeros_like(g.total)
+        weighted = zeros.index_add(0, g.inv, length * r)
+        total_len = zeros.index_add(0, g.inv, length)
+        base = torch.where(total_len > 0, weighted / total_len.clamp(min=1), g.total / g.count)
+        base = torch.where(g.multi, base, torch.zeros_like(base))
+        return r - base[g.inv]
+
+    return _outcome(rewards, group_ids, response_mask, length_weighted)
+
+
+@ADVANTAGES.register("reinforce_pp_baseline")
+def reinforce_pp_baseline(
+    rewards: Tensor, group_ids: Tensor, response_mask: Tensor, *, eps: float = 1e-8
+) -> tuple[Tensor, dict[str, float]]:
+    """REINFORCE++-baseline: group-mean baseline, then batch whitening (Hu 2025, arXiv 2501.03262).
+
+    A = masked_whiten(R_i - mean_g broadcast over valid tokens) with mean and unbiased variance over
+    all valid tokens of the batch. A singleton group has mean 0; if every group has equal rewards
+    the advantages are all exactly 0. Metric ``frac_reward_zero_std`` as in ``grpo``.
+    """
+    adv, metrics = _outcome(
+        rewards, group_ids, response_mask, lambda r, g: _centred(r, g, "none", 0.0)
+    )
+    return masked_whiten(adv, response_mask, eps), metrics

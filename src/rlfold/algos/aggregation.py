@@ -2,7 +2,8 @@
 
 An ``Aggregation`` is split in two so that gradient accumulation never changes the loss
 (DESIGN.md principle 4). The trainer computes ``norm = agg.normaliser(mask)`` ONCE on the mask of
-the whole optimiser mini-batch, then calls ``agg.reduce(loss_mb, mask_mb, norm)`` for each
+the whole optimiser mini-batch (``max_len``: the generation limit, used by constant-length
+modes), then calls ``agg.reduce(loss_mb, mask_mb, norm)`` for each
 micro-batch and sums the results (before or after backward). For any split of the rows,
 ``sum_mb reduce(loss_mb, mask_mb, norm) == reduce(loss, mask, normaliser(mask))``. Every ``reduce``
 is a sum over rows divided by ``norm``, which is what makes this hold. With data parallelism the
@@ -20,7 +21,7 @@ from torch import Tensor
 from rlfold.core.masked import masked_sum
 from rlfold.core import registry
 
-Normaliser = Callable[[Tensor], float]
+Normaliser = Callable[..., float]  # (mask [N, R], max_len: int | None = None) -> float
 Reduce = Callable[[Tensor, Tensor, float], Tensor]
 
 
@@ -44,11 +45,11 @@ def _check(loss: Tensor, mask: Tensor) -> None:
         )
 
 
-def _n_tokens(mask: Tensor) -> float:
+def _n_tokens(mask: Tensor, max_len: int | None = None) -> float:
     return float(mask.bool().sum().item())
 
 
-def _n_seqs(mask: Tensor) -> float:
+def _n_seqs(mask: Tensor, max_len: int | None = None) -> float:
     """Number of sequences with at least one valid token."""
     return float(mask.bool().any(dim=-1).sum().item())
 
@@ -69,15 +70,18 @@ def _seq_token_mean(loss: Tensor, mask: Tensor, norm: float) -> Tensor:
     return per_seq.sum() / _safe(norm)
 
 
-def _one(mask: Tensor) -> float:
+def _one(mask: Tensor, max_len: int | None = None) -> float:
     return 1.0
 
 
 def seq_mean_token_sum_norm(max_len: int | None = None) -> Aggregation:
-    """Dr. GRPO aggregation with a constant length: ``max_len`` or, if None, the padded width."""
+    """Dr. GRPO aggregation with a constant length: ``max_len`` or, if None, the generation limit
+    the trainer passes to the normaliser, or failing that the padded width."""
+    fixed = max_len
 
-    def normaliser(mask: Tensor) -> float:
-        length = float(mask.shape[-1] if max_len is None else max_len)
+    def normaliser(mask: Tensor, max_len: int | None = None) -> float:
+        chosen = fixed if fixed is not None else max_len
+        length = float(mask.shape[-1] if chosen is None else chosen)
         return length * _n_seqs(mask)
 
     return Aggregation(
@@ -110,12 +114,13 @@ _REGISTERED: dict[str, Aggregation] = {
         "Mean over sequences of per-sequence token sums (verl, Sheng et al. 2024, arXiv 2409.19256).",
     ),
     # Follows the Dr. GRPO paper and its official code (oat): each sequence's token sum is divided
-    # by the constant L_max and the batch is averaged over sequences. Here L_max = mask.shape[1]
-    # (the padded response length); use seq_mean_token_sum_norm(max_len) for a fixed constant.
+    # by the constant L_max and the batch is averaged over sequences. L_max is the ``max_len`` the
+    # trainer passes to the normaliser (the generation limit, rollout.max_new_tokens, unless
+    # algo.loss_agg_max_len overrides it); without one, the padded width mask.shape[1].
     "seq-mean-token-sum-norm": seq_mean_token_sum_norm(),
     # verl's older variant (policy.md section 0): divide by L_max only, no division by #sequences.
     "seq-mean-token-sum-norm-verl": Aggregation(
-        lambda mask: float(mask.shape[-1]),
+        lambda mask, max_len=None: float(mask.shape[-1] if max_len is None else max_len),
         _token_sum,
         "verl's older Dr. GRPO form, sum m l / L_max (Liu et al. 2025, arXiv 2503.20783; verl).",
     ),

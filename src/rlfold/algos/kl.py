@@ -9,7 +9,7 @@ gradient of k2, whose gradient k is an unbiased estimate of the gradient of KL(p
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -89,3 +89,56 @@ def k3_st(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 def abs_st(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """Straight-through abs: |k|'s value, k2's gradient (Schulman 2020 estimators; verl, arXiv 2409.19256)."""
     return _straight_through(abs_kl(logprobs, ref_logprobs), logprobs, ref_logprobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# KL in the reward (pure helpers, not estimators): the RLHF penalty of Ziegler et al. 2019 and
+# InstructGPT, placed on the token rewards instead of the loss (verl ``use_kl_in_reward``).
+
+
+def kl_in_reward(scores: Tensor, mask: Tensor, kl: Tensor, coef: float) -> Tensor:
+    """Token rewards with a KL penalty (Ziegler et al. 2019, arXiv 1909.08593; Ouyang et al. 2022, arXiv 2203.02155).
+
+    ``scores`` [N] is placed on the last valid token of each row (the highest index where ``mask``
+    is 1), ``coef * kl`` is subtracted on every valid token, and masked tokens get 0:
+    r_{i,t} = m_{i,t} (1[t = last_i] score_i - coef kl_{i,t}). A row with no valid token is all
+    zeros (its score is dropped). ``kl`` [N, R] is a per-token estimate, e.g. ``k1(old_logp,
+    ref_logp)``; pass detached tensors, the rewards are not meant to carry gradients.
+    """
+    if mask.dim() != 2 or tuple(kl.shape) != tuple(mask.shape):
+        raise ValueError(
+            f"mask and kl must both be [N, R] of the same shape, got {tuple(mask.shape)} and {tuple(kl.shape)}"
+        )
+    if tuple(scores.shape) != (mask.shape[0],):
+        raise ValueError(f"scores must be [N] with N = {mask.shape[0]}, got {tuple(scores.shape)}")
+    valid = mask.bool()
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(valid)
+    last = torch.where(valid, positions, torch.full_like(positions, -1)).max(dim=-1).values  # [N]
+    is_last = valid & (positions == last.unsqueeze(-1))
+    dtype = torch.promote_types(scores.dtype, kl.dtype)
+    rewards = torch.where(is_last, scores.to(dtype).unsqueeze(-1), torch.zeros((), dtype=dtype, device=kl.device))
+    rewards = rewards - coef * kl.to(dtype)
+    return torch.where(valid, rewards, torch.zeros_like(rewards))
+
+
+ADAPTIVE_KL_ERROR_CLIP = 0.2
+
+
+def adaptive_kl_coef(
+    coef: float, observed_kl: float | Tensor, *, target: float, horizon: float, n_steps: int
+) -> float:
+    """Adaptive KL coefficient, proportional controller (Ziegler et al. 2019, arXiv 1909.08593).
+
+    e = clip(observed_kl / target - 1, -0.2, 0.2); new_coef = coef * (1 + e * n_steps / horizon).
+    ``observed_kl`` is the measured KL(pi || ref) of the batch (a float or 0-dim tensor),
+    ``n_steps`` the number of samples it covers (verl passes the batch size); verl's defaults
+    are target 0.1 and horizon 10000.
+    """
+    if not target > 0:
+        raise ValueError(f"target must be > 0, got {target}")
+    if not horizon > 0:
+        raise ValueError(f"horizon must be > 0, got {horizon}")
+    if n_steps < 0:
+        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    error = min(max(float(observed_kl) / target - 1.0, -ADAPTIVE_KL_ERROR_CLIP), ADAPTIVE_KL_ERROR_CLIP)
+    return float(coef) * (1.0 + error * n_steps / horizon)

@@ -1,22 +1,29 @@
 """Per-token policy-gradient losses (quantities to minimise); aggregation happens elsewhere.
 
 Every part has the signature
-``fn(logprobs, old_logprobs, advantages, mask, *, clip_low, clip_high, clip_c)
--> (per_token_loss [N, R], metrics)``; all tensors are ``[N, R]``. The per-token loss is zero on
-masked tokens and is NOT reduced: pass it to an ``Aggregation`` (``rlfold.algos.aggregation``).
-``metrics`` holds detached 0-dim tensors (``pg_clipfrac``, ``pg_clipfrac_lower``, ``ppo_kl``),
-so that logging them does not force a device synchronisation.
+``fn(logprobs, old_logprobs, advantages, mask, *, <keyword hyperparameters with defaults>)
+-> (per_token_loss [N, R], metrics)``; all tensors are ``[N, R]``. A part declares exactly the
+keywords it uses (no ``**kwargs``): the trainer passes only the declared ones, taken from
+``clip_low``, ``clip_high``, ``clip_c`` and the user's ``algo.policy_loss_kwargs``.
+The per-token loss is zero on masked tokens and is NOT reduced: pass it to an ``Aggregation``
+(``rlfold.algos.aggregation``). ``metrics`` holds detached 0-dim tensors, so that logging them does
+not force a device synchronisation; the shared names are ``pg_clipfrac``, ``pg_clipfrac_lower``
+and ``ppo_kl`` (masked mean of old_logp - logp), each reported only where it means something.
+
+Registered: ``ppo_clip`` (PPO / DAPO clip-higher / dual-clip), ``gspo`` and ``gspo_token``
+(sequence-level ratio), ``cispo`` (clipped, stop-gradient IS weight), ``reinforce`` (no ratio)
+and ``sapo`` (soft sigmoid gate). Every log-ratio logp - old_logp is clamped to [-20, 20].
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from rlfold.core.masked import masked_mean
 from rlfold.core import registry
+from rlfold.core.masked import masked_mean
 
 PolicyLossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
@@ -86,3 +93,188 @@ def ppo_clip(
             "ppo_kl": masked_mean(-log_ratio, mask).detach(),
         }
     return loss, metrics
+
+
+SEQ_LOG_RATIO_MAX = 10.0
+
+
+def _log_ratio(logprobs: Tensor, old_logprobs: Tensor) -> Tensor:
+    return (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
+def _check_clip(clip_low: float, clip_high: float) -> None:
+    if clip_low < 0 or clip_high < 0:
+        raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low} and {clip_high}")
+
+
+def _masked(loss: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask.bool(), loss, torch.zeros_like(loss))
+
+
+def _ppo_kl(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    with torch.no_grad():
+        return masked_mean(-log_ratio, mask).detach()
+
+
+def _fraction(flags: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    with torch.no_grad():
+        return masked_mean(flags.to(dtype), mask).detach()
+
+
+def _sequence_log_ratio(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    """log s_i = mean of the row's valid token log-ratios, capped at 10 ([N]; 0 for empty rows)."""
+    return masked_mean(log_ratio, mask, dim=-1).clamp(max=SEQ_LOG_RATIO_MAX)
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO sequence-level clipped surrogate (Zheng et al. 2025, arXiv 2507.18071).
+
+    log s_i = (1/|o_i|) sum_t m (logp - old_logp) over the row's valid tokens (token log-ratios
+    clamped to [-20, 20], log s_i capped at 10), s_i = exp(log s_i);
+    l_i = max(-A_i s_i, -A_i clip(s_i, 1 - clip_low, 1 + clip_high)), with A_i the masked mean of
+    the row's advantages (= A_i itself for outcome advantages). l_i is written on every valid token
+    of row i, so ``seq-mean-token-mean`` aggregation gives the GSPO objective (1/G) sum_i l_i; other
+    aggregations weight sequences by their length. Defaults are the paper's eps (3e-4, 4e-4).
+    Metrics: ``pg_clipfrac`` = fraction of SEQUENCES (rows with >= 1 valid token) whose clipped
+    term is the active max; ``ppo_kl`` = token-level masked mean of old_logp - logp.
+    """
+    _check_inputs(logprobs, old_logprobs, advantages, mask)
+    _check_clip(clip_low, clip_high)
+    log_ratio = _log_ratio(logprobs, old_logprobs)
+    seq_ratio = torch.exp(_sequence_log_ratio(log_ratio, mask))
+    seq_adv = masked_mean(advantages, mask, dim=-1).to(seq_ratio.dtype)
+    unclipped = -seq_adv * seq_ratio
+    clipped = -seq_adv * seq_ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    seq_loss = torch.maximum(unclipped, clipped)
+    loss = _masked(seq_loss.unsqueeze(-1).expand_as(logprobs), mask)
+    rows = mask.bool().any(dim=-1)
+    metrics = {
+        "pg_clipfrac": _fraction(clipped > unclipped, rows, loss.dtype),
+        "ppo_kl": _ppo_kl(log_ratio, mask),
+    }
+    return loss, metrics
+
+
+@POLICY_LOSSES.register("gspo_token")
+def gspo_token(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO-token, per-token advantages with the sequence ratio (Zheng et al. 2025, arXiv 2507.18071).
+
+    s_{i,t} = sg(s_i) * exp(logp - sg(logp)): its value is GSPO's s_i (log capped at 10) and its
+    gradient is s_i * grad logp_{i,t}; l_{i,t} = max(-A_{i,t} s_{i,t}, -A_{i,t} clip(s_{i,t},
+    1 - clip_low, 1 + clip_high)). With A_{i,t} = A_i on every token of a row and
+    ``seq-mean-token-mean`` aggregation, the gradient equals ``gspo``'s.
+    Metrics: ``pg_clipfrac`` = fraction of valid TOKENS whose clipped term is the active max;
+    ``ppo_kl`` = masked mean of old_logp - logp.
+    """
+    _check_inputs(logprobs, old_logprobs, advantages, mask)
+    _check_clip(clip_low, clip_high)
+    log_ratio = _log_ratio(logprobs, old_logprobs)
+    seq_log_ratio = masked_mean(log_ratio, mask, dim=-1).detach()
+    token_log_ratio = seq_log_ratio.unsqueeze(-1) + logprobs - logprobs.detach()
+    ratio = torch.exp(token_log_ratio.clamp(max=SEQ_LOG_RATIO_MAX))
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = _masked(torch.maximum(unclipped, clipped), mask)
+    metrics = {
+        "pg_clipfrac": _fraction(clipped > unclipped, mask, loss.dtype),
+        "ppo_kl": _ppo_kl(log_ratio, mask),
+    }
+    return loss, metrics
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 1.0,
+    clip_high: float = 0.2,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO, clipped stop-gradient IS weight (MiniMax-M1, MiniMax 2025, arXiv 2506.13585).
+
+    r = exp(clamp(logp - old_logp, -20, 20)); l = -sg(clip(r, 1 - clip_low, 1 + clip_high)) A logp.
+    No token is dropped: the gradient is -clip(r) A grad logp everywhere, and none flows through
+    the weight. Defaults: ``clip_low = 1.0`` puts the lower bound at 0, i.e. no lower clip (the paper
+    sets eps_low^IS large and tunes only eps_high^IS; verl's example uses clip_ratio_low 10);
+    ``clip_high = 0.2`` as in verl's example. Both are relative to 1, like ``ppo_clip`` (TRL's
+    ``cispo`` instead uses an absolute cap). Metrics: ``pg_clipfrac`` = fraction of valid tokens
+    whose weight was clipped (either side); ``ppo_kl`` = masked mean of old_logp - logp.
+    """
+    _check_inputs(logprobs, old_logprobs, advantages, mask)
+    _check_clip(clip_low, clip_high)
+    log_ratio = _log_ratio(logprobs, old_logprobs)
+    ratio = torch.exp(log_ratio)
+    low, high = 1.0 - clip_low, 1.0 + clip_high
+    weight = ratio.clamp(low, high).detach()
+    loss = _masked(-weight * advantages * logprobs, mask)
+    metrics = {
+        "pg_clipfrac": _fraction((ratio > high) | (ratio < low), mask, loss.dtype),
+        "ppo_kl": _ppo_kl(log_ratio, mask),
+    }
+    return loss, metrics
+
+
+@POLICY_LOSSES.register("reinforce")
+def reinforce(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """REINFORCE / vanilla policy gradient (Williams 1992; Ahmadian et al. 2024, arXiv 2402.14740).
+
+    l = -A logp: no ratio, no clip (verl's ``gpg``); the gradient with respect to logp is -A.
+    ``old_logprobs`` only feeds the metric ``ppo_kl`` = masked mean of old_logp - logp, which shows
+    how far the update has moved off-policy.
+    """
+    _check_inputs(logprobs, old_logprobs, advantages, mask)
+    loss = _masked(-advantages * logprobs, mask)
+    return loss, {"ppo_kl": _ppo_kl(_log_ratio(logprobs, old_logprobs), mask)}
+
+
+@POLICY_LOSSES.register("sapo")
+def sapo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    tau_pos: float = 1.0,
+    tau_neg: float = 1.05,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """SAPO soft-gated surrogate (Soft Adaptive Policy Optimization, Qwen 2025, arXiv 2511.20347).
+
+    r = exp(clamp(logp - old_logp, -20, 20)); f(r) = sigmoid(tau (r - 1)) * 4 / tau with
+    tau = tau_pos where A > 0 and tau_neg otherwise; l = -f(r) A. The gate replaces the hard clip:
+    f(1) = 2 / tau and f'(1) = 1, so on-policy the gradient is -A like PPO's, and it decays smoothly
+    as r leaves 1. Defaults 1.0 / 1.05 as in verl and TRL. Metric: ``ppo_kl`` = masked mean of
+    old_logp - logp.
+    """
+    _check_inputs(logprobs, old_logprobs, advantages, mask)
+    if not (tau_pos > 0 and tau_neg > 0):
+        raise ValueError(f"tau_pos and tau_neg must be > 0, got {tau_pos} and {tau_neg}")
+    log_ratio = _log_ratio(logprobs, old_logprobs)
+    ratio = torch.exp(log_ratio)
+    tau = torch.where(advantages > 0, torch.full_like(ratio, tau_pos), torch.full_like(ratio, tau_neg))
+    gate = torch.sigmoid(tau * (ratio - 1.0)) * 4.0 / tau
+    loss = _masked(-gate * advantages, mask)
+    return loss, {"ppo_kl": _ppo_kl(log_ratio, mask)}

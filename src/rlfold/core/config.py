@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlfold.core.registry import (
-    ADVANTAGES, AGGREGATIONS, ENGINES, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, TASKS,
+    ADVANTAGES, AGGREGATIONS, ENGINES, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SELECTIONS, TASKS, needed_inputs,
 )
 from rlfold.core.suggest import closest
 
@@ -43,6 +43,18 @@ class TaskConfig(_Strict):
 class RewardSpec(_Strict):
     name: str
     weight: float = 1.0
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the reward function")
+
+
+class SelectionSpec(_Strict):
+    name: str = Field(description="registered selection part (mask_truncated, top_entropy, pf_ppo, tis, ...)")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DynamicSamplingConfig(_Strict):
+    enabled: bool = Field(False, description="DAPO dynamic sampling: drop groups whose scores are all equal, refill")
+    metric: Literal["acc", "reward"] = Field("acc", description="score whose within-group variance decides")
+    max_gen_batches: int = Field(4, ge=1, description="generation rounds per step at most (then train on what qualified)")
 
 
 class RolloutConfig(_Strict):
@@ -61,12 +73,37 @@ class AlgoConfig(_Strict):
     advantage: str = "grpo"
     advantage_kwargs: dict[str, Any] = Field(default_factory=dict)
     policy_loss: str = "ppo_clip"
-    clip_low: float = Field(0.2, ge=0, lt=1)
+    policy_loss_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keywords of the policy loss")
+    clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.2, ge=0)
     clip_c: Optional[float] = Field(None, gt=1, description="dual-clip constant for negative advantages")
     loss_agg: str = "seq-mean-token-mean"
-    kl_coef: float = Field(0.0, ge=0, description="KL-to-reference coefficient in the loss (0: no reference model)")
+    loss_agg_max_len: Optional[int] = Field(
+        None, ge=1, description="L_max of constant-length aggregations (default: rollout.max_new_tokens)")
+    kl_coef: float = Field(0.0, ge=0, description="KL-to-reference coefficient (0: no reference model)")
     kl_estimator: str = "k3"
+    kl_in: Literal["loss", "reward"] = Field("loss", description="KL as a loss term, or subtracted from the reward")
+    kl_ctrl: Literal["fixed", "adaptive"] = Field("fixed", description="fixed coefficient, or adaptive (Ziegler et al.)")
+    kl_target: float = Field(0.1, gt=0, description="adaptive KL: target KL per token")
+    kl_horizon: int = Field(10000, ge=1, description="adaptive KL: horizon in samples")
+    entropy_coef: float = Field(0.0, description="entropy bonus: loss -= entropy_coef * aggregated entropy")
+    sft_coef: float = Field(0.0, ge=0, description="weight of an NLL loss on the task's demonstrations")
+    selection: list[SelectionSpec] = Field(default_factory=list, description="selection parts, applied in order")
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+
+
+class CriticConfig(_Strict):
+    """The value model, used when the advantage part needs ``values`` (PPO with GAE)."""
+
+    model: Literal["separate", "shared"] = Field(
+        "separate", description="a separate value model, or a value head on the policy backbone")
+    path: Optional[str] = Field(None, description="backbone to initialise a separate critic from (default: model.path)")
+    lr: float = Field(1e-3, gt=0, description="critic learning rate (separate critic)")
+    vf_coef: float = Field(0.5, ge=0, description="value-loss weight in the joint loss (shared critic)")
+    cliprange_value: Optional[float] = Field(0.5, gt=0, description="value clipping around the old values (None: off)")
+    lam: Optional[float] = Field(
+        None, ge=0, le=1, description="GAE lambda of the critic targets (None: the actor's; 1.0: VC-PPO)")
+    pretrain_steps: int = Field(0, ge=0, description="VC-PPO value pretraining steps on the fixed initial policy")
 
 
 class TrainConfig(_Strict):
@@ -121,6 +158,7 @@ class RunConfig(_Strict):
     accuracy_reward: str = Field("exact_match", description="reward whose mean is logged as acc/mean")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     log: LogConfig = Field(default_factory=LogConfig)
@@ -136,7 +174,8 @@ class RunConfig(_Strict):
             (("algo", "loss_agg"), self.algo.loss_agg, AGGREGATIONS),
             (("algo", "kl_estimator"), self.algo.kl_estimator, KL_ESTIMATORS),
             (("accuracy_reward",), self.accuracy_reward, REWARDS),
-        ] + [(("rewards", i, "name"), r.name, REWARDS) for i, r in enumerate(self.rewards)]
+        ] + [(("rewards", i, "name"), r.name, REWARDS) for i, r in enumerate(self.rewards)] \
+          + [(("algo", "selection", i, "name"), s.name, SELECTIONS) for i, s in enumerate(self.algo.selection)]
         for loc, value, registry in checks:
             if value not in registry:
                 close = closest(value, registry.names())
@@ -144,25 +183,43 @@ class RunConfig(_Strict):
                 raise LocatedValueError(loc, f"unknown {registry.kind} {value!r}{hint} (known: {', '.join(registry.names())})")
         if not self.rewards:
             raise LocatedValueError(("rewards",), "at least one reward function is required")
-        self._check_advantage_kwargs(ADVANTAGES.get(self.algo.advantage))
+        a = self.algo
+        _check_kwargs(("algo", "advantage_kwargs"), "advantage estimator", a.advantage, ADVANTAGES.get(a.advantage),
+                      a.advantage_kwargs, n_positional=3)
+        _check_kwargs(("algo", "policy_loss_kwargs"), "policy loss", a.policy_loss, POLICY_LOSSES.get(a.policy_loss),
+                      a.policy_loss_kwargs, n_positional=4)
+        for i, spec in enumerate(a.selection):
+            _check_kwargs(("algo", "selection", i, "kwargs"), "selection part", spec.name, SELECTIONS.get(spec.name),
+                          spec.kwargs, n_positional=1, reserved=("generator",))
+        for i, spec in enumerate(self.rewards):
+            if spec.kwargs:
+                _check_kwargs(("rewards", i, "kwargs"), "reward function", spec.name, REWARDS.get(spec.name),
+                              spec.kwargs, n_positional=3)
         return self
 
-    def _check_advantage_kwargs(self, fn: Any) -> None:
-        """Every ``algo.advantage_kwargs`` key must be a keyword of the advantage part (after its 3 tensors)."""
-        try:
-            params = list(inspect.signature(fn).parameters.values())
-        except (TypeError, ValueError):
-            return
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            return
-        accepted = [p.name for p in params[3:]
-                    if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-        for key in self.algo.advantage_kwargs:
-            if key not in accepted:
-                close = closest(key, accepted)
-                hint = f"did you mean {close!r}? " if close else ""
-                raise LocatedValueError(
-                    ("algo", "advantage_kwargs", key),
-                    f"advantage estimator {self.algo.advantage!r} takes no option {key!r}; {hint}"
-                    f"it accepts: {', '.join(accepted) or 'no options (set algo.advantage_kwargs={})'}",
-                )
+
+def _check_kwargs(loc: tuple[Any, ...], kind: str, name: str, fn: Any, given: dict[str, Any], *,
+                  n_positional: int, reserved: tuple[str, ...] = ()) -> None:
+    """Every key of ``given`` must be a keyword option of part ``fn`` (after its positional tensors).
+
+    Inputs the part declares with ``@needs`` are supplied by the trainer, so they are not options.
+    """
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    skip = set(needed_inputs(fn)) | set(reserved)
+    accepted = [p.name for p in params[n_positional:]
+                if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                and p.name not in skip]
+    for key in given:
+        if key not in accepted:
+            close = closest(key, accepted)
+            hint = f"did you mean {close!r}? " if close else ""
+            raise LocatedValueError(
+                (*loc, key),
+                f"{kind} {name!r} takes no option {key!r}; {hint}"
+                f"it accepts: {', '.join(accepted) or 'no options (set ' + '.'.join(map(str, loc)) + '={})'}",
+            )

@@ -39,10 +39,45 @@ class RolloutBatch:
     policy_logprobs: torch.Tensor
     finish_reasons: list[str]
     response_texts: list[str]
+    entropy: torch.Tensor | None = None  # [N, R] plain-policy entropy at each response position (rollout time)
 
     @property
     def size(self) -> int:
         return int(self.response_ids.shape[0])
+
+    @property
+    def truncated(self) -> torch.Tensor:
+        """[N] bool: the row was cut at the generation limit instead of stopping."""
+        return torch.tensor([f == FINISH_LENGTH for f in self.finish_reasons], dtype=torch.bool)
+
+    @staticmethod
+    def concat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
+        """Stack batches row-wise, re-padding prompts on the left and responses on the right."""
+        if not batches:
+            raise ValueError("RolloutBatch.concat needs at least one batch")
+        if len(batches) == 1:
+            return batches[0]
+        p_w = max(b.prompt_ids.shape[1] for b in batches)
+        r_w = max(b.response_ids.shape[1] for b in batches)
+
+        def left(t: torch.Tensor, fill: int) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (p_w - t.shape[1], 0), value=fill)
+
+        def right(t: torch.Tensor, fill: float) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, r_w - t.shape[1]), value=fill)
+
+        with_entropy = all(b.entropy is not None for b in batches)
+        return RolloutBatch(
+            prompt_ids=torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
+            prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
+            response_ids=torch.cat([right(b.response_ids, pad_id) for b in batches]),
+            response_mask=torch.cat([right(b.response_mask, 0) for b in batches]),
+            sample_logprobs=torch.cat([right(b.sample_logprobs, 0.0) for b in batches]),
+            policy_logprobs=torch.cat([right(b.policy_logprobs, 0.0) for b in batches]),
+            finish_reasons=[f for b in batches for f in b.finish_reasons],
+            response_texts=[t for b in batches for t in b.response_texts],
+            entropy=torch.cat([right(b.entropy, 0.0) for b in batches]) if with_entropy else None,
+        )
 
     def select(self, idx: torch.Tensor | list[int]) -> "RolloutBatch":
         """Rows ``idx`` of every field (used to split a batch into mini/micro-batches)."""
@@ -57,4 +92,5 @@ class RolloutBatch:
             policy_logprobs=self.policy_logprobs[idx_t],
             finish_reasons=[self.finish_reasons[i] for i in idx_l],
             response_texts=[self.response_texts[i] for i in idx_l],
+            entropy=self.entropy[idx_t] if self.entropy is not None else None,
         )

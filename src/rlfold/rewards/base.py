@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from rlfold.core.errors import RewardError
 from rlfold.core import registry
+from rlfold.core.registry import needed_inputs
 from rlfold.core.types import Prompt
 
 RewardFn = Callable[[Sequence[Prompt], Sequence[str], Sequence[str]], Sequence[float]]
@@ -15,11 +16,12 @@ RewardFn = Callable[[Sequence[Prompt], Sequence[str], Sequence[str]], Sequence[f
 REWARDS = registry.REWARDS
 
 
-def _locate_failure(name: str, fn: RewardFn, prompts, completions, finishes, exc: Exception) -> RewardError:
+def _locate_failure(name: str, fn: RewardFn, prompts, completions, finishes, exc: Exception,
+                    kwargs: dict[str, Any], extra: dict[str, Any]) -> RewardError:
     """Re-run ``fn`` sample by sample to name the one that raises."""
     for i, (p, c, f) in enumerate(zip(prompts, completions, finishes)):
         try:
-            fn([p], [c], [f])
+            fn([p], [c], [f], **kwargs, **{k: v[i : i + 1] for k, v in extra.items()})
         except Exception as inner:  # noqa: BLE001 - any error of user code is reported
             return RewardError(
                 f"reward function {name!r} raised {type(inner).__name__}: {inner} "
@@ -29,21 +31,34 @@ def _locate_failure(name: str, fn: RewardFn, prompts, completions, finishes, exc
 
 
 def score_batch(
-    specs: Sequence[tuple[str, float]],
+    specs: Sequence[tuple[str, float] | tuple[str, float, dict[str, Any]]],
     prompts: Sequence[Prompt],
     completions: Sequence[str],
     finishes: Sequence[str],
+    response_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of the named reward functions, and each function's raw scores by name."""
+    """Weighted sum of the named reward functions, and each function's raw scores by name.
+
+    A spec is ``(name, weight)`` or ``(name, weight, kwargs)``. A function that declares
+    ``@needs("response_lengths")`` also receives the token count of each completion.
+    """
     n = len(completions)
     total = torch.zeros(n, dtype=torch.float32)
     per_fn: dict[str, torch.Tensor] = {}
-    for name, weight in specs:
+    available = {"response_lengths": response_lengths}
+    for spec in specs:
+        name, weight = spec[0], spec[1]
+        kwargs = dict(spec[2]) if len(spec) > 2 else {}
         fn = REWARDS.get(name)
+        extra = {}
+        for key in needed_inputs(fn):
+            if available.get(key) is None:
+                raise RewardError(f"reward function {name!r} needs {key!r}, which the caller did not provide")
+            extra[key] = available[key]
         try:
-            returned = fn(prompts, completions, finishes)
+            returned = fn(prompts, completions, finishes, **kwargs, **extra)
         except Exception as exc:  # noqa: BLE001
-            raise _locate_failure(name, fn, prompts, completions, finishes, exc) from exc
+            raise _locate_failure(name, fn, prompts, completions, finishes, exc, kwargs, extra) from exc
         try:
             scores = list(returned)
         except TypeError:

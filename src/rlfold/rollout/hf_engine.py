@@ -122,12 +122,13 @@ class HFEngine:
                 cols = self._sample(prompt_ids, prompt_mask, params, generator)
         finally:
             self.model.train(was_training)
-        tokens, token_mask, sample_lp, policy_lp, reasons = cols
+        tokens, token_mask, sample_lp, policy_lp, entropy, reasons = cols
         n_rows = prompt_ids.shape[0]
         lengths = token_mask.sum(-1)
         width = int(lengths.max())  # >= 1: every row samples at least one token
         response_ids, response_mask = tokens[:, :width].contiguous(), token_mask[:, :width].contiguous()
         s_lp, p_lp = sample_lp[:, :width].contiguous(), policy_lp[:, :width].contiguous()
+        entropy = entropy[:, :width].contiguous()
         texts = [self._decode(response_ids[i, : int(lengths[i])].tolist()) for i in range(n_rows)]
         return RolloutBatch(
             prompt_ids=prompt_ids,
@@ -138,6 +139,7 @@ class HFEngine:
             policy_logprobs=p_lp,
             finish_reasons=reasons,
             response_texts=texts,
+            entropy=entropy,
         )
 
     def _sample(self, prompt_ids, prompt_mask, params: SamplingParams, generator):
@@ -157,7 +159,7 @@ class HFEngine:
         cache = None
         active = torch.ones(n_rows, dtype=torch.bool, device=device)
         reasons = [FINISH_LENGTH] * n_rows
-        out_tokens, out_mask, out_slp, out_plp = [], [], [], []
+        out_tokens, out_mask, out_slp, out_plp, out_ent = [], [], [], [], []
         texts_needed = bool(params.stop_strings)
         so_far: list[list[int]] = [[] for _ in range(n_rows)]
 
@@ -176,12 +178,14 @@ class HFEngine:
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(device)
                 sample_lp = sample_logp.gather(-1, token[:, None]).squeeze(-1)
             policy_lp = policy_logp.gather(-1, token[:, None]).squeeze(-1)
+            entropy = torch.special.entr(policy_logp.exp()).sum(-1)
 
             token = torch.where(active, token, torch.full_like(token, self.pad_id))
             out_tokens.append(token.cpu())
             out_mask.append(active.long().cpu())
             out_slp.append(torch.where(active, sample_lp, torch.zeros_like(sample_lp)).cpu())
             out_plp.append(torch.where(active, policy_lp, torch.zeros_like(policy_lp)).cpu())
+            out_ent.append(torch.where(active, entropy, torch.zeros_like(entropy)).cpu())
 
             finished_now = active & torch.isin(token, stop_t)
             if texts_needed:
@@ -205,5 +209,6 @@ class HFEngine:
             torch.stack(out_mask, dim=1),
             torch.stack(out_slp, dim=1),
             torch.stack(out_plp, dim=1),
+            torch.stack(out_ent, dim=1),
             reasons,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +13,32 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, SELECTIONS
+from rlfold.algos.kl import adaptive_kl_coef, kl_in_reward
+from rlfold.algos.selection import SelectionInput, filter_groups
 from rlfold.core.config import RunConfig
 from rlfold.core.errors import ConfigError, NumericalError
+from rlfold.core.masked import masked_mean, masked_sum
+from rlfold.core.registry import needed_inputs
+from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.models import disable_dropout, load_model_and_tokenizer
 from rlfold.rewards import score_batch
 from rlfold.rollout import ENGINES, SamplingParams
 from rlfold.rollout.hf_engine import sequence_logprobs
 from rlfold.tasks import TASKS, Task
 from rlfold.trainers import checkpoint as ckpt
+from rlfold.trainers.critic import Critic, ValueTerm, value_metrics
+from rlfold.trainers.inputs import StepContext, first_rows, provide
 from rlfold.trainers.data import PromptSampler
 from rlfold.trainers.evaluate import evaluate
 from rlfold.trainers.metrics import (
     METRICS_FILE, SAMPLES_FILE, JsonlLog, read_jsonl, rollout_metrics, truncate_after_step,
 )
 from rlfold.trainers.schedule import make_scheduler
-from rlfold.trainers.update import UpdateStats, policy_update
+from rlfold.trainers.sft import SFTTerm
+from rlfold.trainers.update import (
+    EntropyTerm, KLTerm, PolicyTerm, PreparedBatch, UpdateStats, accepted_kwargs, policy_update,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONFIG_FILE = "config.yaml"
@@ -62,6 +72,19 @@ class StepResult:
     finite: bool
 
 
+@dataclass
+class Sampled:
+    """The scored rollouts a step trains on (after dynamic sampling), and metrics of all it generated."""
+
+    roll: RolloutBatch
+    prompts: list[Prompt]
+    scores: torch.Tensor
+    group_ids: torch.Tensor
+    metrics: dict[str, float]
+    t_gen: float
+    t_reward: float
+
+
 class OnlineTrainer:
     """Runs a recipe: B prompts x G samples per step, advantage part, policy-loss part, aggregation part."""
 
@@ -80,6 +103,19 @@ class OnlineTrainer:
         if cfg.algo.kl_coef > 0:
             self.ref_model, _ = load_model_and_tokenizer(cfg.model.path, dtype)
             self.ref_model.eval().requires_grad_(False)
+        a = cfg.algo
+        self.adv_fn = ADVANTAGES.get(a.advantage)
+        self.policy_fn = POLICY_LOSSES.get(a.policy_loss)
+        self.policy_kwargs = accepted_kwargs(
+            self.policy_fn, {"clip_low": a.clip_low, "clip_high": a.clip_high, "clip_c": a.clip_c,
+                             **a.policy_loss_kwargs})
+        self.aggregation = AGGREGATIONS.get(a.loss_agg)
+        self.max_len = a.loss_agg_max_len or cfg.rollout.max_new_tokens
+        self.kl_estimator = KL_ESTIMATORS.get(a.kl_estimator)
+        self.kl_coef = a.kl_coef
+        self.selections = [(SELECTIONS.get(sp.name), sp.kwargs) for sp in a.selection]
+        self.critic = Critic(cfg, self.model, dtype) if "values" in needed_inputs(self.adv_fn) else None
+        self.sft = SFTTerm(self.model, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
         self.engine = ENGINES.get(cfg.rollout.engine)(self.model, self.tokenizer)
         self.params = SamplingParams(
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
@@ -91,10 +127,10 @@ class OnlineTrainer:
         self.sampler = PromptSampler(self.task.train, cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         tc = cfg.train
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay,
-        )
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if self.critic is not None:
+            self.trainable += self.critic.head_parameters()
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
         n_seq = tc.prompts_per_step * cfg.rollout.n
         mini = tc.mini_batch_size or n_seq
         self.opt_steps_per_step = tc.ppo_epochs * -(-n_seq // mini)
@@ -149,6 +185,8 @@ class OnlineTrainer:
             "numpy_rng": np.random.get_state(),
             "nonfinite_total": self.nonfinite_total,
             "init_eval": self.init_eval,
+            "kl_coef": self.kl_coef,
+            "critic": self.critic.state_dict() if self.critic is not None else None,
         }
 
     def _restore(self) -> None:
@@ -171,6 +209,9 @@ class OnlineTrainer:
         np.random.set_state(state["numpy_rng"])
         self.nonfinite_total = state["nonfinite_total"]
         self.init_eval = state["init_eval"]
+        self.kl_coef = state.get("kl_coef", self.kl_coef)
+        if self.critic is not None and state.get("critic") is not None:
+            self.critic.load_state_dict(state["critic"])
         self.step = state["step"]
         for name in (METRICS_FILE, SAMPLES_FILE):
             truncate_after_step(self.run_dir / name, self.step)
@@ -186,18 +227,103 @@ class OnlineTrainer:
                        max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7)
         return {f"val/{self.task.name}/{k}": v for k, v in res.items()}
 
+    def _score(self, reps: list[Prompt], roll: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        lengths = roll.response_mask.sum(1)
+        scores, per_fn = score_batch([(r.name, r.weight, r.kwargs) for r in cfg.rewards], reps, roll.response_texts,
+                                     roll.finish_reasons, response_lengths=lengths)
+        if cfg.accuracy_reward not in per_fn:
+            per_fn[cfg.accuracy_reward] = score_batch([(cfg.accuracy_reward, 1.0)], reps, roll.response_texts,
+                                                      roll.finish_reasons, response_lengths=lengths)[1][cfg.accuracy_reward]
+        return scores, per_fn
+
+    def greedy_rewards(self, prompts: list[Prompt], group_ids: torch.Tensor) -> torch.Tensor:
+        """Reward of one greedy response per group (ReMax baseline), broadcast to the group's rows."""
+        firsts = first_rows(group_ids)
+        uniq = [prompts[i] for i in firsts.tolist()]
+        greedy = self.params.model_copy(update={"temperature": 0.0, "n": 1})
+        roll = self.engine.generate([p.text for p in uniq], greedy, generator=self.gen)
+        scores, _ = self._score(uniq, roll)
+        by_group = dict(zip(group_ids[firsts].tolist(), scores.tolist()))
+        return torch.tensor([by_group[g] for g in group_ids.tolist()], dtype=torch.float32)
+
+    def _sample(self) -> Sampled:
+        """Generate and score B groups; with dynamic sampling, keep only groups whose score varies and
+        generate more until B such groups are collected or ``max_gen_batches`` rounds were spent."""
+        cfg, n = self.cfg, self.params.n
+        ds = cfg.algo.dynamic_sampling
+        b = cfg.train.prompts_per_step
+        rounds = ds.max_gen_batches if ds.enabled else 1
+        seen: list[tuple[RolloutBatch, list[Prompt], torch.Tensor, dict[str, torch.Tensor]]] = []
+        kept: list[torch.Tensor] = []
+        t_gen = t_reward = 0.0
+        n_kept = 0
+        for _ in range(rounds):
+            prompts = self.sampler.next(b)
+            t0 = time.perf_counter()
+            roll = self.engine.generate([p.text for p in prompts], self.params, generator=self.gen)
+            t_gen += time.perf_counter() - t0
+            reps = [p for p in prompts for _ in range(n)]
+            t0 = time.perf_counter()
+            scores, per_fn = self._score(reps, roll)
+            t_reward += time.perf_counter() - t0
+            seen.append((roll, reps, scores, per_fn))
+            if not ds.enabled:
+                break
+            metric = per_fn[cfg.accuracy_reward] if ds.metric == "acc" else scores
+            keep = filter_groups(metric, torch.arange(b).repeat_interleave(n))
+            kept.append(keep)
+            n_kept += int(keep.sum()) // n
+            if n_kept >= b:
+                break
+        all_roll = RolloutBatch.concat([x[0] for x in seen], self.engine.pad_id)
+        all_reps = [p for x in seen for p in x[1]]
+        all_scores = torch.cat([x[2] for x in seen])
+        all_per_fn = {k: torch.cat([x[3][k] for x in seen]) for k in seen[0][3]}
+        rows = torch.arange(all_roll.size)
+        extra: dict[str, float] = {}
+        if ds.enabled:
+            keep_all = torch.cat(kept)
+            if n_kept > 0:  # otherwise train on the last round: its advantages carry no signal either way
+                rows = keep_all.nonzero().flatten()[: b * n]
+            else:
+                rows = torch.arange(all_roll.size - b * n, all_roll.size)
+            extra = {"dynamic_sampling/gen_batches": float(len(seen)),
+                     "dynamic_sampling/kept_groups": float(min(n_kept, b))}
+        train_roll = all_roll.select(rows)
+        return Sampled(
+            roll=train_roll, prompts=[all_reps[i] for i in rows.tolist()], scores=all_scores[rows],
+            group_ids=torch.arange(train_roll.size // n).repeat_interleave(n),
+            metrics={**rollout_metrics(all_roll, all_scores, all_per_fn, n, cfg.accuracy_reward), **extra},
+            t_gen=t_gen, t_reward=t_reward,
+        )
+
+    def _select(self, inp: SelectionInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, float]]:
+        """Apply the recipe's selection parts in order: rows kept, loss mask, token weights, metrics."""
+        rows = torch.arange(inp.rewards.shape[0])
+        loss_mask = inp.response_mask.float()
+        weights: torch.Tensor | None = None
+        metrics: dict[str, float] = {}
+        for fn, kwargs in self.selections:
+            inp = replace(inp, response_mask=loss_mask)
+            sel = fn(inp, generator=self.gen, **kwargs)
+            metrics.update(sel.metrics)
+            if sel.token_mask is not None:
+                loss_mask = loss_mask * sel.token_mask.float()
+            if sel.token_weights is not None:
+                weights = sel.token_weights if weights is None else weights * sel.token_weights
+            if sel.rows is not None:
+                r = sel.rows
+                rows, loss_mask = rows[r], loss_mask[r]
+                weights = weights[r] if weights is not None else None
+                inp = SelectionInput(**{f.name: (getattr(inp, f.name)[r] if getattr(inp, f.name) is not None else None)
+                                        for f in fields(SelectionInput)})
+        return rows, loss_mask, weights, metrics
+
     def train_step(self) -> StepResult:
-        cfg, t_step = self.cfg, time.perf_counter()
-        prompts = self.sampler.next(cfg.train.prompts_per_step)
-        t0 = time.perf_counter()
-        roll = self.engine.generate([p.text for p in prompts], self.params, generator=self.gen)
-        t_gen = time.perf_counter() - t0
-        reps = [p for p in prompts for _ in range(self.params.n)]
-        t0 = time.perf_counter()
-        rewards, per_fn = score_batch([(r.name, r.weight) for r in cfg.rewards], reps, roll.response_texts,
-                                      roll.finish_reasons)
-        t_reward = time.perf_counter() - t0
-        group_ids = torch.arange(len(prompts)).repeat_interleave(self.params.n)
+        cfg, a, t_step = self.cfg, self.cfg.algo, time.perf_counter()
+        s = self._sample()
+        roll, mask = s.roll, s.roll.response_mask
         t0 = time.perf_counter()
         ref_logprobs = None
         if self.ref_model is not None:
@@ -205,42 +331,116 @@ class OnlineTrainer:
                 ref_logprobs, _ = sequence_logprobs(self.ref_model, roll.prompt_ids, roll.prompt_mask,
                                                     roll.response_ids, roll.response_mask)
         t_ref = time.perf_counter() - t0
-        adv, adv_metrics = ADVANTAGES.get(cfg.algo.advantage)(
-            rewards, group_ids, roll.response_mask, **cfg.algo.advantage_kwargs)
+        rewards, kl_metrics, kl_tokens = s.scores, {}, None
+        if ref_logprobs is not None:
+            kl_tokens = self.kl_estimator(roll.policy_logprobs, ref_logprobs)
+            kl_metrics = {"actor/kl_coef": self.kl_coef, "actor/reward_kl": float(masked_mean(kl_tokens, mask))}
+        in_reward = kl_tokens is not None and a.kl_in == "reward"
+        token_rewards = kl_in_reward(s.scores, mask, kl_tokens if in_reward else torch.zeros(mask.shape),
+                                     self.kl_coef if in_reward else 0.0)
+        if in_reward:
+            rewards = s.scores - self.kl_coef * masked_sum(kl_tokens, mask, dim=1)
+        ctx = StepContext(prompts=s.prompts, roll=roll, scores=s.scores, rewards=rewards, token_rewards=token_rewards,
+                          group_ids=s.group_ids)
+        t0 = time.perf_counter()
+        inputs = provide(needed_inputs(self.adv_fn), self, ctx)
+        adv, adv_metrics = self.adv_fn(rewards, s.group_ids, mask, **inputs, **a.advantage_kwargs)
+        t_adv = time.perf_counter() - t0
+        rows, loss_mask, weights, sel_metrics = self._select(SelectionInput(
+            rewards=rewards, group_ids=s.group_ids, response_mask=mask, advantages=adv, truncated=roll.truncated,
+            old_logprobs=roll.policy_logprobs, behaviour_logprobs=roll.sample_logprobs, entropy=roll.entropy))
+        train_roll = roll.select(rows)
+        prep = PreparedBatch(roll=train_roll, advantages=adv[rows], old_logprobs=roll.policy_logprobs[rows],
+                             loss_mask=loss_mask, prompts=[s.prompts[i] for i in rows.tolist()],
+                             token_weights=weights, ref_logprobs=ref_logprobs[rows] if ref_logprobs is not None else None)
+        critic_metrics: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if self.critic is not None:
+            values = provide(("values",), self, ctx)["values"]
+            returns = self.critic.targets(token_rewards, values, mask, roll.truncated)
+            critic_metrics = value_metrics(values, returns, mask)
+            value_mask = mask.float()
+            if self.critic.egae:  # T-PPO: the critic learns from finished responses only
+                value_mask = value_mask * (~roll.truncated).float()[:, None]
+            if self.critic.shared:
+                prep.old_values, prep.returns = values[rows], returns[rows]
+            else:
+                critic_metrics.update(self.critic.update(train_roll, value_mask[rows], values[rows], returns[rows],
+                                                         self.aggregation, self.max_len))
+        t_critic = time.perf_counter() - t0
         t0 = time.perf_counter()
         stats: UpdateStats = policy_update(
-            self.model, self.optimizer, self.scheduler, roll, adv, ref_logprobs, cfg,
-            policy_loss=POLICY_LOSSES.get(cfg.algo.policy_loss), aggregation=AGGREGATIONS.get(cfg.algo.loss_agg),
-            kl_estimator=KL_ESTIMATORS.get(cfg.algo.kl_estimator),
+            self.model, self.optimizer, self.scheduler, prep, terms=self._terms(), aggregation=self.aggregation,
+            ppo_epochs=cfg.train.ppo_epochs, mini_batch_size=cfg.train.mini_batch_size,
+            micro_batch_size=cfg.train.micro_batch_size, grad_clip=cfg.train.grad_clip, max_len=self.max_len,
+            minibatch_terms=(self.sft,) if self.sft is not None else (), params=self.trainable,
         )
         t_update = time.perf_counter() - t0
+        if kl_tokens is not None and a.kl_ctrl == "adaptive":
+            self.kl_coef = adaptive_kl_coef(self.kl_coef, float(masked_mean(kl_tokens, mask)), target=a.kl_target,
+                                            horizon=a.kl_horizon, n_steps=roll.size)
         self.step += 1
         dt = time.perf_counter() - t_step
-        if cfg.accuracy_reward not in per_fn:
-            per_fn[cfg.accuracy_reward] = score_batch([(cfg.accuracy_reward, 1.0)], reps, roll.response_texts,
-                                                      roll.finish_reasons)[1][cfg.accuracy_reward]
         m: dict[str, float] = {
             "step": self.step,
             **adv_metrics,
-            **rollout_metrics(roll, rewards, per_fn, self.params.n, cfg.accuracy_reward),
+            **s.metrics,
+            **sel_metrics,
+            **kl_metrics,
+            **critic_metrics,
             **stats.metrics,
             "actor/lr": self.optimizer.param_groups[0]["lr"],
-            "timing_s/gen": t_gen, "timing_s/reward": t_reward, "timing_s/ref": t_ref,
-            "timing_s/update": t_update, "timing_s/step": dt,
-            "perf/tokens_per_s": float(roll.response_mask.sum()) / max(t_gen, 1e-9),
+            "timing_s/gen": s.t_gen, "timing_s/reward": s.t_reward, "timing_s/ref": t_ref, "timing_s/adv": t_adv,
+            "timing_s/critic": t_critic, "timing_s/update": t_update, "timing_s/step": dt,
+            "perf/tokens_per_s": float(roll.response_mask.sum()) / max(s.t_gen, 1e-9),
         }
         self._last_samples = [
-            {"step": self.step, "prompt": reps[i].text, "completion": roll.response_texts[i], "answer": reps[i].answer,
-             "reward": rewards[i].item(), "finish": roll.finish_reasons[i]}
+            {"step": self.step, "prompt": s.prompts[i].text, "completion": roll.response_texts[i],
+             "answer": s.prompts[i].answer, "reward": rewards[i].item(), "advantage": float(masked_mean(adv[i], mask[i])),
+             "finish": roll.finish_reasons[i]}
             for i in range(0, roll.size, max(1, roll.size // max(1, cfg.log.samples_per_step)))
         ][: cfg.log.samples_per_step]
         return StepResult(m, stats.finite)
+
+    def _terms(self) -> list:
+        terms: list = [PolicyTerm(self.policy_fn, self.policy_kwargs)]
+        if self.ref_model is not None and self.cfg.algo.kl_in == "loss":
+            terms.append(KLTerm(self.kl_estimator, self.kl_coef))
+        if self.cfg.algo.entropy_coef:
+            terms.append(EntropyTerm(self.cfg.algo.entropy_coef))
+        if self.critic is not None and self.critic.shared:
+            terms.append(ValueTerm(self.critic, self.cfg.critic.vf_coef))
+        return terms
+
+    def pretrain_critic(self) -> dict[str, float]:
+        """VC-PPO value pretraining: fit the critic to Monte-Carlo returns (lambda = 1) of the fixed
+        initial policy for ``critic.pretrain_steps`` batches before any policy update."""
+        assert self.critic is not None
+        first: dict[str, float] = {}
+        last: dict[str, float] = {}
+        bar = tqdm(range(self.cfg.critic.pretrain_steps), desc="value pretraining", disable=not self.cfg.log.progress,
+                   dynamic_ncols=True, leave=False)
+        for _ in bar:
+            s = self._sample()
+            mask = s.roll.response_mask
+            token_rewards = kl_in_reward(s.scores, mask, torch.zeros(mask.shape), 0.0)
+            values = self.critic.values(s.roll)
+            returns = self.critic.targets(token_rewards, values, mask, s.roll.truncated, lam=1.0)
+            ev = value_metrics(values, returns, mask)["critic/vf_explained_var"]
+            upd = self.critic.update(s.roll, mask.float(), values, returns, self.aggregation, self.max_len)
+            last = {"critic/pretrain/value_loss": upd.get("critic/value_loss", float("nan")),
+                    "critic/pretrain/vf_explained_var": ev}
+            first = first or dict(last)
+            bar.set_postfix(value_loss=f"{last['critic/pretrain/value_loss']:.4f}")
+        return {**{f"{k}_first": v for k, v in first.items()}, **last}
 
     # ----- the loop ---------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         if self.init_eval is None:
             self.init_eval = self.evaluate()
+            if self.critic is not None and cfg.critic.pretrain_steps:
+                self.init_eval.update(self.pretrain_critic())
         metrics_log = JsonlLog(self.run_dir / METRICS_FILE)
         samples_log = JsonlLog(self.run_dir / SAMPLES_FILE)
         if self.step == 0:

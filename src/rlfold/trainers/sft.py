@@ -74,3 +74,25 @@ def sft_train(
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     return losses
+
+
+def demonstration(prompt) -> str:
+    """The demonstration completion of a task prompt: ``meta["demonstration"]``, else its gold answer."""
+    return str(prompt.meta.get("demonstration", prompt.answer))
+
+
+class SFTTerm:
+    """Auxiliary NLL on the demonstrations of a mini-batch's prompts, weighted by ``coef`` (run once per
+    mini-batch), the SFT signal of "Towards a Unified View of LLM Post-Training" (HPT, Sep 2025)."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, coef: float) -> None:
+        self.model, self.tokenizer, self.coef = model, tokenizer, coef
+
+    def __call__(self, prep, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        seen: dict[str, str] = {}
+        for i in idx.tolist():
+            p = prep.prompts[i]
+            seen.setdefault(p.text, demonstration(p))
+        ids, attn, loss_mask = encode_pairs(self.tokenizer, list(seen.items()))
+        nll = sft_loss(self.model, ids, attn, loss_mask)
+        return self.coef * nll, {"actor/sft_loss": float(nll.detach())}

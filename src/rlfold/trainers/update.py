@@ -1,19 +1,26 @@
-"""Policy update: epochs x mini-batches x micro-batches with normalisers fixed per optimiser step."""
+"""Policy update: epochs x mini-batches x micro-batches with normalisers fixed per optimiser step.
+
+The loss of a micro-batch is a sum of *terms* (policy loss, KL, entropy bonus, value loss of a
+shared critic), each aggregated with the normaliser fixed for the whole mini-batch, so gradient
+accumulation never changes the gradient. Terms that need their own forward over different data
+(the SFT loss on demonstrations) run once per mini-batch.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
+from torch import Tensor
 from transformers import PreTrainedModel
 
 from rlfold.algos.aggregation import Aggregation
-from rlfold.core.config import RunConfig
 from rlfold.core.masked import masked_sum
-from rlfold.core.types import RolloutBatch
+from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.rollout.hf_engine import sequence_logprobs
 
 
@@ -23,102 +30,198 @@ class UpdateStats:
     finite: bool = True
 
 
+@dataclass
+class PreparedBatch:
+    """Everything an update needs, fixed before its first optimiser step (rows already selected)."""
+
+    roll: RolloutBatch
+    advantages: Tensor                    # [N, R]
+    old_logprobs: Tensor                  # [N, R] log-probs of the policy the update starts from
+    loss_mask: Tensor                     # [N, R] float: response mask x selection masks
+    prompts: list[Prompt]                 # [N] the prompt of each row
+    token_weights: Tensor | None = None   # [N, R] detached per-token weights (importance correction)
+    ref_logprobs: Tensor | None = None    # [N, R] reference log-probs (KL in the loss)
+    old_values: Tensor | None = None      # [N, R] critic values before the update (shared critic)
+    returns: Tensor | None = None         # [N, R] critic targets (shared critic)
+
+    @property
+    def size(self) -> int:
+        return self.roll.size
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch after its policy forward, handed to every loss term."""
+
+    rows: Tensor
+    roll: RolloutBatch          # the rows, response columns trimmed to the longest response
+    mask: Tensor                # [n, r] float loss mask
+    norm: float                 # aggregation normaliser of the whole mini-batch
+    logprobs: Tensor            # [n, r] with gradient
+    entropy: Tensor             # [n, r] with gradient
+    columns: int                # number of response columns kept
+    total_tokens: float         # loss tokens of the whole mini-batch (for token-weighted metric means)
+
+    def take(self, t: Tensor | None) -> Tensor | None:
+        """Rows of a full-batch ``[N, R]`` tensor for this micro-batch, trimmed like the responses."""
+        return None if t is None else t[self.rows][:, : self.columns]
+
+
+class LossTerm(Protocol):
+    """A loss term of a micro-batch: ``term(prep, mb, aggregation) -> (loss, metrics)``."""
+
+    def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]: ...
+
+
+def accepted_kwargs(fn: Callable, candidates: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``candidates`` that ``fn`` declares as keyword parameters."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(candidates)
+    return {k: v for k, v in candidates.items() if k in params}
+
+
+@dataclass
+class PolicyTerm:
+    """The policy-loss part per token, times importance weights, aggregated."""
+
+    fn: Callable
+    kwargs: dict[str, Any]
+
+    def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
+        pg, pm = self.fn(mb.logprobs, mb.take(prep.old_logprobs), mb.take(prep.advantages), mb.mask, **self.kwargs)
+        weights = mb.take(prep.token_weights)
+        if weights is not None:
+            pg = pg * weights
+        loss = agg.reduce(pg, mb.mask, mb.norm)
+        metrics = {"actor/pg_loss": float(loss.detach())}
+        share = _token_share(mb)
+        metrics.update({f"actor/{k}": float(v) * share for k, v in pm.items()})
+        return loss, metrics
+
+
+@dataclass
+class KLTerm:
+    """KL to the reference policy as a loss term (GRPO): coef x aggregated estimator."""
+
+    estimator: Callable
+    coef: float
+
+    def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
+        kl = self.estimator(mb.logprobs, mb.take(prep.ref_logprobs))
+        loss = self.coef * agg.reduce(kl, mb.mask, mb.norm)
+        return loss, {"actor/kl": _token_mean_share(kl, mb)}
+
+
+@dataclass
+class EntropyTerm:
+    """Entropy bonus: loss -= coef x aggregated token entropy (verl ``entropy_coeff``)."""
+
+    coef: float
+
+    def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
+        loss = -self.coef * agg.reduce(mb.entropy, mb.mask, mb.norm)
+        return loss, {"actor/entropy_loss": float(loss.detach())}
+
+
+def _token_share(mb: MicroBatch) -> float:
+    return float(mb.mask.sum()) / max(mb.total_tokens, 1.0)
+
+
+def _token_mean_share(x: Tensor, mb: MicroBatch) -> float:
+    """This micro-batch's contribution to the token mean of ``x`` over the mini-batch."""
+    return float(masked_sum(x.detach(), mb.mask)) / max(mb.total_tokens, 1.0)
+
+
 def _chunks(n: int, size: int) -> list[torch.Tensor]:
     size = size or n
     return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _trim(batch: RolloutBatch, *tensors: torch.Tensor) -> tuple[RolloutBatch, tuple[torch.Tensor, ...]]:
-    """Drop response columns that are padding in every row of this micro-batch (saves compute)."""
-    width = int(batch.response_mask.sum(1).max().item()) if batch.size else 0
-    width = max(width, 1)
-    batch.response_ids = batch.response_ids[:, :width]
-    batch.response_mask = batch.response_mask[:, :width]
-    return batch, tuple(t[:, :width] for t in tensors)
-
-
 def accumulate_loss(
     model: PreTrainedModel,
-    batch: RolloutBatch,
-    advantages: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor | None,
+    prep: PreparedBatch,
     idx: torch.Tensor,
     micro_batch_size: int,
-    cfg: RunConfig,
-    policy_loss: Callable,
+    terms: list[LossTerm],
     aggregation: Aggregation,
-    kl_estimator: Callable,
+    max_len: int | None = None,
 ) -> tuple[dict[str, float], bool]:
     """Forward/backward over the micro-batches of mini-batch ``idx``; gradients accumulate in ``model``.
 
-    The aggregation normaliser is computed once from the mask of the whole mini-batch, so the summed
-    micro-batch gradients equal the full-batch gradient for any ``micro_batch_size``.
+    The aggregation normaliser is computed once from the loss mask of the whole mini-batch, so the
+    summed micro-batch gradients equal the full-batch gradient for any ``micro_batch_size``.
     """
-    algo = cfg.algo
-    mask_all = batch.response_mask[idx].float()
-    norm = aggregation.normaliser(mask_all)
+    mask_all = prep.loss_mask[idx].float()
+    norm = aggregation.normaliser(mask_all, max_len)
     n_tok = max(float(mask_all.sum()), 1.0)
     sums: dict[str, float] = defaultdict(float)
-    finite = True
     for local in _chunks(len(idx), micro_batch_size):
         rows = idx[local]
-        mb = batch.select(rows)
-        ref = ref_logprobs[rows] if ref_logprobs is not None else torch.zeros_like(old_logprobs[rows])
-        mb, (adv, old, ref) = _trim(mb, advantages[rows], old_logprobs[rows], ref)
-        mask = mb.response_mask.float()
-        logp, ent = sequence_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
+        sub = prep.roll.select(rows)
+        width = max(int(sub.response_mask.sum(1).max().item()) if sub.size else 1, 1)
+        sub.response_ids, sub.response_mask = sub.response_ids[:, :width], sub.response_mask[:, :width]
+        mask = prep.loss_mask[rows][:, :width].float()
+        logp, ent = sequence_logprobs(model, sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask,
                                       with_entropy=True)
-        pg, pm = policy_loss(logp, old, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
-                             clip_c=algo.clip_c)
-        pg_loss = aggregation.reduce(pg, mask, norm)
-        loss = pg_loss
-        if ref_logprobs is not None:
-            kl = kl_estimator(logp, ref)
-            kl_loss = aggregation.reduce(kl, mask, norm)
-            loss = loss + algo.kl_coef * kl_loss
-            sums["actor/kl"] += masked_sum(kl.detach(), mask).item() / n_tok
+        mb = MicroBatch(rows=rows, roll=sub, mask=mask, norm=norm, logprobs=logp, entropy=ent, columns=width,
+                        total_tokens=n_tok)
+        loss = logp.new_zeros(())
+        for term in terms:
+            part, metrics = term(prep, mb, aggregation)
+            loss = loss + part
+            for k, v in metrics.items():
+                sums[k] += v
         if not torch.isfinite(loss):
-            finite = False
-            break
+            return dict(sums), False
         loss.backward()
-        w = float(mask.sum()) / n_tok  # token share of this micro-batch, for token-weighted metric means
-        sums["actor/pg_loss"] += pg_loss.item()
-        sums["actor/entropy"] += masked_sum(ent.detach(), mask).item() / n_tok
-        for k, v in pm.items():
-            sums[f"actor/{k}"] += float(v) * w
-    return dict(sums), finite
+        sums["actor/entropy"] += float(masked_sum(ent.detach(), mask)) / n_tok
+    return dict(sums), True
+
+
+MiniBatchTerm = Callable[[PreparedBatch, torch.Tensor], tuple[Tensor | None, dict[str, float]]]
 
 
 def policy_update(
     model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    batch: RolloutBatch,
-    advantages: torch.Tensor,
-    ref_logprobs: torch.Tensor | None,
-    cfg: RunConfig,
-    policy_loss: Callable,
+    prep: PreparedBatch,
+    *,
+    terms: list[LossTerm],
     aggregation: Aggregation,
-    kl_estimator: Callable,
+    ppo_epochs: int,
+    mini_batch_size: int,
+    micro_batch_size: int,
+    grad_clip: float,
+    max_len: int | None = None,
+    minibatch_terms: tuple[MiniBatchTerm, ...] = (),
+    params: list[torch.nn.Parameter] | None = None,
 ) -> UpdateStats:
     """``ppo_epochs`` passes over the batch in mini-batches, one optimiser step each.
 
-    Old log-probs are the engine's plain-policy log-probs of the same weights (exact to ~1e-6 in
-    float32), so no extra forward pass is spent on them. A non-finite loss or gradient norm skips
-    the optimiser step (gradients are discarded) and marks the update non-finite.
+    ``minibatch_terms`` run (forward and backward) once per mini-batch on their own data. A
+    non-finite loss or gradient norm skips the optimiser step (gradients are discarded) and marks
+    the update non-finite.
     """
-    tc = cfg.train
-    old_logprobs = batch.policy_logprobs
+    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     model.train()
     totals: dict[str, list[float]] = defaultdict(list)
     finite = True
-    for _ in range(tc.ppo_epochs):
-        for idx in _chunks(batch.size, tc.mini_batch_size):
+    for _ in range(ppo_epochs):
+        for idx in _chunks(prep.size, mini_batch_size):
             optimizer.zero_grad(set_to_none=True)
-            sums, ok = accumulate_loss(model, batch, advantages, old_logprobs, ref_logprobs, idx,
-                                       tc.micro_batch_size, cfg, policy_loss, aggregation, kl_estimator)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if ok else torch.tensor(math.nan)
+            sums, ok = accumulate_loss(model, prep, idx, micro_batch_size, terms, aggregation, max_len)
+            for term in minibatch_terms:
+                if not ok:
+                    break
+                loss, metrics = term(prep, idx)
+                if loss is not None:
+                    ok = bool(torch.isfinite(loss))
+                    if ok:
+                        loss.backward()
+                sums.update(metrics)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if ok else torch.tensor(math.nan)
             if not ok or not torch.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 finite = False

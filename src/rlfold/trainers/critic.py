@@ -1,0 +1,158 @@
+"""The critic of PPO-style recipes: values, GAE targets, and the value update (separate or shared)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlfold.algos.aggregation import Aggregation
+from rlfold.algos.critic import clipped_value_loss, explained_variance
+from rlfold.algos.token_advantages import gae_targets
+from rlfold.core.config import RunConfig
+from rlfold.core.masked import masked_mean
+from rlfold.core.types import RolloutBatch
+from rlfold.models import disable_dropout
+from rlfold.models.value import ValueModel, load_value_model
+from rlfold.trainers.update import MicroBatch, PreparedBatch
+
+
+def _chunks(n: int, size: int) -> list[Tensor]:
+    size = size or n
+    return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+class Critic:
+    """A value model with its own optimiser (``critic.model: separate``), or a value head on the
+    policy backbone trained through the policy's joint loss (``critic.model: shared``)."""
+
+    def __init__(self, cfg: RunConfig, policy: torch.nn.Module, dtype: torch.dtype) -> None:
+        cc = cfg.critic
+        self.cfg = cfg
+        self.shared = cc.model == "shared"
+        if self.shared:
+            self.model = ValueModel(policy.base_model, policy.config.hidden_size).to(dtype)
+            self.optimizer = None
+        else:
+            self.model = load_value_model(cc.path or cfg.model.path, dtype)
+            if cfg.model.disable_dropout:
+                disable_dropout(self.model)
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cc.lr, betas=cfg.train.betas,
+                                               weight_decay=cfg.train.weight_decay)
+        kw = cfg.algo.advantage_kwargs
+        self.gamma = float(kw.get("gamma", 1.0))
+        self.lam = float(cc.lam if cc.lam is not None else kw.get("lam", 1.0))
+        self.egae = bool(kw.get("egae", False))
+
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the policy optimiser must also train (the head of a shared critic)."""
+        return list(self.model.head.parameters()) if self.shared else []
+
+    @torch.no_grad()
+    def values(self, roll: RolloutBatch, batch_size: int = 256) -> Tensor:
+        """V(s_t) at every response position, no gradient."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            out = [self.model(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+                   for b in (roll.select(idx) for idx in _chunks(roll.size, batch_size))]
+        finally:
+            self.model.train(was)
+        return torch.cat(out).to(torch.float32)
+
+    def targets(self, token_rewards: Tensor, values: Tensor, mask: Tensor, truncated: Tensor,
+                lam: float | None = None) -> Tensor:
+        """Critic regression targets: GAE returns with the critic's lambda (VC-PPO decouples it)."""
+        _, returns = gae_targets(token_rewards, values, mask, truncated, gamma=self.gamma,
+                                 lam=self.lam if lam is None else lam, egae=self.egae)
+        return returns
+
+    def loss(self, values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, agg: Aggregation,
+             norm: float) -> tuple[Tensor, dict[str, Tensor]]:
+        per_token, metrics = clipped_value_loss(values, old_values, returns, mask, clip=self.cfg.critic.cliprange_value)
+        return agg.reduce(per_token, mask, norm), metrics
+
+    def update(self, roll: RolloutBatch, mask: Tensor, old_values: Tensor, returns: Tensor, agg: Aggregation,
+               max_len: int | None = None, epochs: int | None = None) -> dict[str, float]:
+        """Train a separate critic on ``returns``: epochs x mini-batches x micro-batches like the actor."""
+        if self.shared:
+            raise RuntimeError("a shared critic is trained through the policy loss, not Critic.update")
+        tc = self.cfg.train
+        assert self.optimizer is not None
+        self.model.train()
+        totals: dict[str, list[float]] = defaultdict(list)
+        for _ in range(epochs or tc.ppo_epochs):
+            for idx in _chunks(roll.size, tc.mini_batch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                norm = agg.normaliser(mask[idx].float(), max_len)
+                n_tok = max(float(mask[idx].sum()), 1.0)
+                sums: dict[str, float] = defaultdict(float)
+                ok = True
+                for local in _chunks(len(idx), tc.micro_batch_size):
+                    rows = idx[local]
+                    sub = roll.select(rows)
+                    v = self.model(sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask)
+                    m = mask[rows].float()
+                    loss, metrics = self.loss(v, old_values[rows], returns[rows], m, agg, norm)
+                    if not torch.isfinite(loss):
+                        ok = False
+                        break
+                    loss.backward()
+                    sums["critic/value_loss"] += float(loss.detach())
+                    sums["critic/vf_clipfrac"] += float(metrics["vf_clipfrac"]) * float(m.sum()) / n_tok
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if ok \
+                    else torch.tensor(math.nan)
+                if not ok or not torch.isfinite(grad_norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    totals["critic/nonfinite"].append(1.0)
+                    continue
+                self.optimizer.step()
+                for k, v in sums.items():
+                    totals[k].append(v)
+                totals["critic/grad_norm"].append(float(grad_norm))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        return {k: sum(v) / len(v) for k, v in totals.items() if v}
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"head": self.model.head.state_dict()}
+        if not self.shared:
+            state["model"] = self.model.state_dict()
+            state["optimizer"] = self.optimizer.state_dict()  # type: ignore[union-attr]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.shared:
+            self.model.head.load_state_dict(state["head"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[union-attr]
+
+
+def value_metrics(values: Tensor, returns: Tensor, mask: Tensor) -> dict[str, float]:
+    """``critic/values/mean``, ``critic/returns/mean`` and ``critic/vf_explained_var`` over valid tokens."""
+    m = mask.float()
+    return {
+        "critic/values/mean": float(masked_mean(values, m)),
+        "critic/returns/mean": float(masked_mean(returns, m)),
+        "critic/vf_explained_var": float(explained_variance(values, returns, m)),
+    }
+
+
+@dataclass
+class ValueTerm:
+    """The value loss of a shared critic, added to the policy loss with weight ``vf_coef``."""
+
+    critic: Critic
+    vf_coef: float
+
+    def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
+        v = self.critic.model(mb.roll.prompt_ids, mb.roll.prompt_mask, mb.roll.response_ids, mb.roll.response_mask)
+        loss, metrics = self.critic.loss(v, mb.take(prep.old_values), mb.take(prep.returns), mb.mask, agg, mb.norm)
+        share = float(mb.mask.sum()) / max(mb.total_tokens, 1.0)
+        return self.vf_coef * loss, {"critic/value_loss": float(loss.detach()),
+                                     "critic/vf_clipfrac": float(metrics["vf_clipfrac"]) * share}
