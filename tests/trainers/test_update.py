@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
-from rlfold.core.config_loader import load_config
 from rlfold.models import load_model_and_tokenizer
 from rlfold.rollout import ENGINES, SamplingParams
 from rlfold.rollout.hf_engine import sequence_logprobs

@@ -24,6 +24,9 @@ __all__ = [
     "advantages",
     "aggregate",
     "aggregation",
+    "critic",
+    "selection",
+    "token_advantages",
     "kl",
     "policy_losses",
 ]
