@@ -107,21 +107,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipe_parts(cfg) -> list[str]:
+    """The parts a recipe uses beyond advantage / policy loss / aggregation, in words."""
+    a = cfg.algo
+    extra = []
+    if a.kl_coef:
+        extra.append(f"KL {a.kl_estimator} x {a.kl_coef:g} in the {a.kl_in}" + (" (adaptive)" if a.kl_ctrl == "adaptive" else ""))
+    if a.dynamic_sampling.enabled:
+        extra.append(f"dynamic sampling (<= {a.dynamic_sampling.max_gen_batches} rounds)")
+    extra += [f"select {s.name}" for s in a.selection]
+    if a.entropy_coef:
+        extra.append(f"entropy bonus {a.entropy_coef:g}")
+    if a.sft_coef:
+        extra.append(f"SFT x {a.sft_coef:g}")
+    if (a.clip_low, a.clip_high) != (0.2, 0.2) and "clip_high" in _params(a.policy_loss):
+        kind = "clip-higher" if a.policy_loss == "ppo_clip" and a.clip_high > a.clip_low else "clip"
+        extra.append(f"{kind} eps_low/high {a.clip_low:g}/{a.clip_high:g}")
+    if "values" in _needs(a.advantage):
+        c = cfg.critic
+        extra.append(f"{c.model} critic" + (f", lambda {c.lam:g}" if c.lam is not None else "")
+                     + (f", {c.pretrain_steps} pretrain steps" if c.pretrain_steps else ""))
+    shaping = [r.name for r in cfg.rewards if r.name not in ("exact_match", "format")]
+    extra += [f"reward {n}" for n in shaping]
+    return extra
+
+
+def _params(policy_loss: str) -> set[str]:
+    import inspect
+
+    from rlfold.core.registry import POLICY_LOSSES
+
+    return set(inspect.signature(POLICY_LOSSES.get(policy_loss)).parameters)
+
+
+def _needs(advantage: str) -> tuple[str, ...]:
+    from rlfold.core.registry import ADVANTAGES, needed_inputs
+
+    return needed_inputs(ADVANTAGES.get(advantage))
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     import yaml
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="rlfold recipes")
-    for col in ("recipe", "paper", "advantage", "policy loss", "aggregation", "KL"):
-        table.add_column(col)
+    import rlfold  # noqa: F401  (registers the built-in parts)
+    from rlfold.core.config_loader import load_config
+
+    table = Table(title="rlfold recipes (rlfold train <recipe>)", show_lines=True)
+    for col in ("recipe", "paper", "advantage", "policy loss", "aggregation", "other parts"):
+        table.add_column(col, overflow="fold")
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        algo = data.get("algo", {})
-        kl = f"{algo.get('kl_estimator', 'k3')} x {algo['kl_coef']}" if algo.get("kl_coef") else "-"
-        table.add_row(path.stem, data.get("paper", ""), algo.get("advantage", "grpo"),
-                      algo.get("policy_loss", "ppo_clip"), algo.get("loss_agg", "seq-mean-token-mean"), kl)
-    Console().print(table)
+        paper = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("paper", "")
+        cfg = load_config(path, [])
+        a = cfg.algo
+        table.add_row(path.stem, paper, a.advantage, a.policy_loss, a.loss_agg, "; ".join(recipe_parts(cfg)) or "-")
+    Console(width=max(Console().width, 160)).print(table)
     return 0
 
 
