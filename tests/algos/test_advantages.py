@@ -194,3 +194,21 @@ def test_reinforce_pp_baseline_equal_rewards_all_zero() -> None:
     adv, metrics = ADVANTAGES.get("reinforce_pp_baseline")(rewards, _ids(4, 4, 4, 6, 6), mask)
     assert torch.equal(adv, torch.zeros(5, 3))
     assert metrics == {"frac_reward_zero_std": 1.0}
+
+
+def test_grpo_passk_credits_only_the_best_response_of_each_group():
+    from rlfold.algos.advantages import grpo_passk
+
+    rewards = torch.tensor([0.0, 1.0, 0.5, 0.0, 2.0, 2.0, 1.0, 3.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 7])  # group 7 is a singleton
+    mask = torch.ones(8, 3)
+    adv, _ = grpo_passk(rewards, groups, mask, norm_by_std=False)
+    # group 0: best 1.0, second 0.5 -> 0.5 on row 1 only; group 1: tie at 2.0 -> gap 0; singleton -> 0
+    assert adv[:, 0].tolist() == [0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    adv, _ = grpo_passk(rewards, groups, mask)
+    std0 = torch.tensor([0.0, 1.0, 0.5, 0.0]).std()  # unbiased: sqrt(0.6875/3) = 0.47871
+    assert adv[1, 0].item() == pytest.approx(0.5 / (0.47871 + 1e-6), rel=1e-4)
+    assert adv[1, 0].item() == pytest.approx(0.5 / (std0.item() + 1e-6), rel=1e-6)
+    assert (adv[torch.arange(8) != 1] == 0).all()
+    eq, _ = grpo_passk(torch.ones(4), torch.zeros(4, dtype=torch.long), torch.ones(4, 2))
+    assert (eq == 0).all()

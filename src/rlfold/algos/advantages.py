@@ -224,3 +224,30 @@ def reinforce_pp_baseline(
         rewards, group_ids, response_mask, lambda r, g: _centred(r, g, "none", 0.0)
     )
     return masked_whiten(adv, response_mask, eps), metrics
+
+
+@ADVANTAGES.register("grpo_passk")
+def grpo_passk(
+    rewards: Tensor, group_ids: Tensor, response_mask: Tensor, *, norm_by_std: bool = True, eps: float = 1e-6
+) -> tuple[Tensor, dict[str, float]]:
+    """Pass@k-style advantage: only each group's best response is credited (Pass@k Training, arXiv 2503.19595).
+
+    Per group, the first row with the highest reward gets A = R_max - R_second (the second-highest
+    reward, counting ties), divided by (std_g + eps) with the unbiased group std if
+    ``norm_by_std``; every other row gets 0, as does a group of one row or of equal rewards.
+    """
+
+    def best_only(r: Tensor, g: _Groups) -> Tensor:
+        adv = torch.zeros_like(r)
+        for gi in range(int(g.count.shape[0])):
+            rows = torch.nonzero(g.inv == gi).flatten()
+            if rows.numel() < 2:
+                continue
+            top2 = torch.topk(r[rows], 2)
+            gap = top2.values[0] - top2.values[1]
+            if norm_by_std:
+                gap = gap / (r[rows].std() + eps)
+            adv[rows[top2.indices[0]]] = gap
+        return adv
+
+    return _outcome(rewards, group_ids, response_mask, best_only)
