@@ -47,6 +47,7 @@ class Critic:
         self.gamma = float(kw.get("gamma", 1.0))
         self.lam = float(cc.lam if cc.lam is not None else kw.get("lam", 1.0))
         self.egae = bool(kw.get("egae", False))
+        self._head_optimizer: torch.optim.Optimizer | None = None  # value pretraining of a shared critic
 
     def head_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the policy optimiser must also train (the head of a shared critic)."""
@@ -77,17 +78,41 @@ class Critic:
         return agg.reduce(per_token, mask, norm), metrics
 
     def update(self, roll: RolloutBatch, mask: Tensor, old_values: Tensor, returns: Tensor, agg: Aggregation,
-               max_len: int | None = None, epochs: int | None = None) -> dict[str, float]:
-        """Train a separate critic on ``returns``: epochs x mini-batches x micro-batches like the actor."""
-        if self.shared:
+               max_len: int | None = None, epochs: int | None = None, head_only: bool = False) -> dict[str, float]:
+        """Train the critic on ``returns``: epochs x mini-batches x micro-batches like the actor.
+
+        A shared critic is trained through the policy loss; only value pretraining (``head_only``)
+        fits it here, and then only its head, with the backbone (the policy) frozen.
+        """
+        if self.shared and not head_only:
             raise RuntimeError("a shared critic is trained through the policy loss, not Critic.update")
+        if not head_only:
+            assert self.optimizer is not None
+            return self._fit(self.optimizer, list(self.model.parameters()), roll, mask, old_values, returns, agg,
+                             max_len, epochs)
+        if self._head_optimizer is None:
+            self._head_optimizer = torch.optim.AdamW(self.model.head.parameters(), lr=self.cfg.critic.lr,
+                                                     betas=self.cfg.train.betas,
+                                                     weight_decay=self.cfg.train.weight_decay)
+        frozen = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            return self._fit(self._head_optimizer, list(self.model.head.parameters()), roll, mask, old_values,
+                             returns, agg, max_len, epochs)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _fit(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], roll: RolloutBatch,
+             mask: Tensor, old_values: Tensor, returns: Tensor, agg: Aggregation, max_len: int | None,
+             epochs: int | None) -> dict[str, float]:
         tc = self.cfg.train
-        assert self.optimizer is not None
         self.model.train()
         totals: dict[str, list[float]] = defaultdict(list)
         for _ in range(epochs or tc.ppo_epochs):
             for idx in _chunks(roll.size, tc.mini_batch_size):
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 norm = agg.normaliser(mask[idx].float(), max_len)
                 n_tok = max(float(mask[idx].sum()), 1.0)
                 sums: dict[str, float] = defaultdict(float)
@@ -104,17 +129,17 @@ class Critic:
                     loss.backward()
                     sums["critic/value_loss"] += float(loss.detach())
                     sums["critic/vf_clipfrac"] += float(metrics["vf_clipfrac"]) * float(m.sum()) / n_tok
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if ok \
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if ok \
                     else torch.tensor(math.nan)
                 if not ok or not torch.isfinite(grad_norm):
-                    self.optimizer.zero_grad(set_to_none=True)
+                    optimizer.zero_grad(set_to_none=True)
                     totals["critic/nonfinite"].append(1.0)
                     continue
-                self.optimizer.step()
+                optimizer.step()
                 for k, v in sums.items():
                     totals[k].append(v)
                 totals["critic/grad_norm"].append(float(grad_norm))
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         self.model.eval()
         return {k: sum(v) / len(v) for k, v in totals.items() if v}
 

@@ -427,7 +427,8 @@ class OnlineTrainer:
             values = self.critic.values(s.roll)
             returns = self.critic.targets(token_rewards, values, mask, s.roll.truncated, lam=1.0)
             ev = value_metrics(values, returns, mask)["critic/vf_explained_var"]
-            upd = self.critic.update(s.roll, mask.float(), values, returns, self.aggregation, self.max_len)
+            upd = self.critic.update(s.roll, mask.float(), values, returns, self.aggregation, self.max_len,
+                                     head_only=self.critic.shared)  # a shared backbone is the policy
             last = {"critic/pretrain/value_loss": upd.get("critic/value_loss", float("nan")),
                     "critic/pretrain/vf_explained_var": ev}
             first = first or dict(last)
