@@ -83,3 +83,25 @@ def test_every_policy_loss_and_aggregation_is_micro_batch_invariant(setup, loss,
     torch.testing.assert_close(one, full, atol=tol, rtol=1e-4)
     torch.testing.assert_close(uneven, full, atol=tol, rtol=1e-4)
     assert sums_one["actor/pg_loss"] == pytest.approx(sums_full["actor/pg_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_selection_masks_change_the_normaliser_but_importance_weights_do_not(setup):
+    """A token mask (mask_truncated, top_entropy) removes tokens from the token-mean normaliser;
+    a zero importance weight (tis mask mode) keeps them in it. Stated on the real update path."""
+    model, roll, adv, old = setup
+    fn = POLICY_LOSSES.get("ppo_clip")
+    terms = [PolicyTerm(fn, accepted_kwargs(fn, {"clip_low": 0.2, "clip_high": 0.2}))]
+    mask = roll.response_mask.float()
+    drop = torch.zeros_like(mask)
+    drop[0] = 1.0  # drop row 0
+    n_all, n_kept = float(mask.sum()), float((mask * (1 - drop)).sum())
+    losses = {}
+    for name, loss_mask, weights in (("masked", mask * (1 - drop), None), ("weighted", mask, 1 - drop)):
+        prep = PreparedBatch(roll=roll, advantages=adv, old_logprobs=old, loss_mask=loss_mask, prompts=[],
+                             token_weights=weights)
+        model.zero_grad(set_to_none=True)
+        sums, ok = accumulate_loss(model, prep, torch.arange(roll.size), 0, terms, AGGREGATIONS.get("token-mean"))
+        assert ok
+        losses[name] = sums["actor/pg_loss"]
+    assert losses["masked"] != 0
+    assert losses["weighted"] == pytest.approx(losses["masked"] * n_kept / n_all, rel=1e-5)
