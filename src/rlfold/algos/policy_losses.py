@@ -73,10 +73,7 @@ def ppo_clip(
 
     log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped)
-    clip_active = clipped > unclipped
+    loss, clip_active = _clipped_surrogate(advantages, ratio, clip_low, clip_high)
 
     if clip_c is not None:
         bound = -advantages * clip_c
@@ -121,6 +118,13 @@ def _fraction(flags: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
         return masked_mean(flags.to(dtype), mask).detach()
 
 
+def _clipped_surrogate(adv: Tensor, ratio: Tensor, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+    """max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)) and where the clipped term is the active max."""
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
 def _sequence_log_ratio(log_ratio: Tensor, mask: Tensor) -> Tensor:
     """log s_i = mean of the row's valid token log-ratios, capped at 10 ([N]; 0 for empty rows)."""
     return masked_mean(log_ratio, mask, dim=-1).clamp(max=SEQ_LOG_RATIO_MAX)
@@ -152,13 +156,11 @@ def gspo(
     log_ratio = _log_ratio(logprobs, old_logprobs)
     seq_ratio = torch.exp(_sequence_log_ratio(log_ratio, mask))
     seq_adv = masked_mean(advantages, mask, dim=-1).to(seq_ratio.dtype)
-    unclipped = -seq_adv * seq_ratio
-    clipped = -seq_adv * seq_ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    seq_loss = torch.maximum(unclipped, clipped)
+    seq_loss, seq_clipped = _clipped_surrogate(seq_adv, seq_ratio, clip_low, clip_high)
     loss = _masked(seq_loss.unsqueeze(-1).expand_as(logprobs), mask)
     rows = mask.bool().any(dim=-1)
     metrics = {
-        "pg_clipfrac": _fraction(clipped > unclipped, rows, loss.dtype),
+        "pg_clipfrac": _fraction(seq_clipped, rows, loss.dtype),
         "ppo_kl": _ppo_kl(log_ratio, mask),
     }
     return loss, metrics
@@ -189,11 +191,10 @@ def gspo_token(
     seq_log_ratio = masked_mean(log_ratio, mask, dim=-1).detach()
     token_log_ratio = seq_log_ratio.unsqueeze(-1) + logprobs - logprobs.detach()
     ratio = torch.exp(token_log_ratio.clamp(max=SEQ_LOG_RATIO_MAX))
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = _masked(torch.maximum(unclipped, clipped), mask)
+    surrogate, clip_active = _clipped_surrogate(advantages, ratio, clip_low, clip_high)
+    loss = _masked(surrogate, mask)
     metrics = {
-        "pg_clipfrac": _fraction(clipped > unclipped, mask, loss.dtype),
+        "pg_clipfrac": _fraction(clip_active, mask, loss.dtype),
         "ppo_kl": _ppo_kl(log_ratio, mask),
     }
     return loss, metrics

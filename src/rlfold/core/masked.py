@@ -25,3 +25,8 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     n = mask.sum()
     denom = (n - 1) if unbiased else n
     return sq / denom.clamp(min=1)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore left padding: ``cumsum(mask) - 1``, clamped at 0 on pads."""
+    return (mask.long().cumsum(-1) - 1).clamp_(min=0)

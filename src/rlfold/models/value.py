@@ -8,11 +8,8 @@ from transformers import AutoModel
 from transformers.utils import logging as hf_logging
 
 from rlfold.core.errors import ModelLoadError
+from rlfold.core.masked import positions_from_mask as _positions
 from rlfold.models.loading import resolve_model_path
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp_(min=0)
 
 
 class ValueModel(nn.Module):

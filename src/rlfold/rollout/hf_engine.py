@@ -9,15 +9,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlfold.core.errors import ConfigError, DataError
 from rlfold.core import registry
+from rlfold.core.masked import positions_from_mask as _positions
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
 from rlfold.rollout.sampling import SamplingParams, process_logits
 
 ENGINES = registry.ENGINES
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that ignore left padding: ``cumsum(mask) - 1``, clamped at 0 on pads."""
-    return (mask.long().cumsum(-1) - 1).clamp_(min=0)
 
 
 def _device(model: torch.nn.Module) -> torch.device:

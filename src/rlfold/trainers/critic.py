@@ -18,12 +18,7 @@ from rlfold.core.masked import masked_mean
 from rlfold.core.types import RolloutBatch
 from rlfold.models import disable_dropout
 from rlfold.models.value import ValueModel, load_value_model
-from rlfold.trainers.update import MicroBatch, PreparedBatch
-
-
-def _chunks(n: int, size: int) -> list[Tensor]:
-    size = size or n
-    return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
+from rlfold.trainers.update import MicroBatch, PreparedBatch, chunks
 
 
 class Critic:
@@ -60,7 +55,7 @@ class Critic:
         self.model.eval()
         try:
             out = [self.model(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
-                   for b in (roll.select(idx) for idx in _chunks(roll.size, batch_size))]
+                   for b in (roll.select(idx) for idx in chunks(roll.size, batch_size))]
         finally:
             self.model.train(was)
         return torch.cat(out).to(torch.float32)
@@ -111,13 +106,13 @@ class Critic:
         self.model.train()
         totals: dict[str, list[float]] = defaultdict(list)
         for _ in range(epochs or tc.ppo_epochs):
-            for idx in _chunks(roll.size, tc.mini_batch_size):
+            for idx in chunks(roll.size, tc.mini_batch_size):
                 optimizer.zero_grad(set_to_none=True)
                 norm = agg.normaliser(mask[idx].float(), max_len)
                 n_tok = max(float(mask[idx].sum()), 1.0)
                 sums: dict[str, float] = defaultdict(float)
                 ok = True
-                for local in _chunks(len(idx), tc.micro_batch_size):
+                for local in chunks(len(idx), tc.micro_batch_size):
                     rows = idx[local]
                     sub = roll.select(rows)
                     v = self.model(sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask)

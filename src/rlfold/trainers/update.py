@@ -133,7 +133,8 @@ def _token_mean_share(x: Tensor, mb: MicroBatch) -> float:
     return float(masked_sum(x.detach(), mb.mask)) / max(mb.total_tokens, 1.0)
 
 
-def _chunks(n: int, size: int) -> list[torch.Tensor]:
+def chunks(n: int, size: int) -> list[torch.Tensor]:
+    """Consecutive index ranges of ``size`` rows covering ``range(n)`` (``size`` 0: one range)."""
     size = size or n
     return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
 
@@ -156,7 +157,7 @@ def accumulate_loss(
     norm = aggregation.normaliser(mask_all, max_len)
     n_tok = max(float(mask_all.sum()), 1.0)
     sums: dict[str, float] = defaultdict(float)
-    for local in _chunks(len(idx), micro_batch_size):
+    for local in chunks(len(idx), micro_batch_size):
         rows = idx[local]
         sub = prep.roll.select(rows)
         width = max(int(sub.response_mask.sum(1).max().item()) if sub.size else 1, 1)
@@ -209,7 +210,7 @@ def policy_update(
     totals: dict[str, list[float]] = defaultdict(list)
     finite = True
     for _ in range(ppo_epochs):
-        for idx in _chunks(prep.size, mini_batch_size):
+        for idx in chunks(prep.size, mini_batch_size):
             optimizer.zero_grad(set_to_none=True)
             sums, ok = accumulate_loss(model, prep, idx, micro_batch_size, terms, aggregation, max_len)
             for term in minibatch_terms:
