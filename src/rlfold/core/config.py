@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlfold.core.registry import (
-    ADVANTAGES, AGGREGATIONS, ENGINES, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SELECTIONS, TASKS, needed_inputs,
+    ADVANTAGES, AGGREGATIONS, ENGINES, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SELECTIONS, SHAPINGS, TASKS, needed_inputs,
 )
 from rlfold.core.suggest import closest
 
@@ -48,6 +48,11 @@ class RewardSpec(_Strict):
 
 class SelectionSpec(_Strict):
     name: str = Field(description="registered selection part (mask_truncated, top_entropy, pf_ppo, tis, ...)")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ShapingSpec(_Strict):
+    name: str = Field(description="registered reward-shaping part (hapo, dler, arlcp, ...)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -156,6 +161,9 @@ class RunConfig(_Strict):
         default_factory=lambda: [RewardSpec(name="exact_match"), RewardSpec(name="format", weight=0.1)]
     )
     accuracy_reward: str = Field("exact_match", description="reward whose mean is logged as acc/mean")
+    reward_errors: Literal["raise", "none"] = Field(
+        "raise", description="a reward function that raises: stop the run, or score that sample None (unscorable)")
+    shaping: list[ShapingSpec] = Field(default_factory=list, description="reward-shaping parts, applied in order")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
@@ -175,7 +183,8 @@ class RunConfig(_Strict):
             (("algo", "kl_estimator"), self.algo.kl_estimator, KL_ESTIMATORS),
             (("accuracy_reward",), self.accuracy_reward, REWARDS),
         ] + [(("rewards", i, "name"), r.name, REWARDS) for i, r in enumerate(self.rewards)] \
-          + [(("algo", "selection", i, "name"), s.name, SELECTIONS) for i, s in enumerate(self.algo.selection)]
+          + [(("algo", "selection", i, "name"), s.name, SELECTIONS) for i, s in enumerate(self.algo.selection)] \
+          + [(("shaping", i, "name"), s.name, SHAPINGS) for i, s in enumerate(self.shaping)]
         for loc, value, registry in checks:
             if value not in registry:
                 close = closest(value, registry.names())
@@ -191,6 +200,9 @@ class RunConfig(_Strict):
         for i, spec in enumerate(a.selection):
             _check_kwargs(("algo", "selection", i, "kwargs"), "selection part", spec.name, SELECTIONS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("generator",))
+        for i, spec in enumerate(self.shaping):
+            _check_kwargs(("shaping", i, "kwargs"), "reward-shaping part", spec.name, SHAPINGS.get(spec.name),
+                          spec.kwargs, n_positional=1, reserved=("state",))
         for i, spec in enumerate(self.rewards):
             if spec.kwargs:
                 _check_kwargs(("rewards", i, "kwargs"), "reward function", spec.name, REWARDS.get(spec.name),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -30,21 +32,71 @@ def _locate_failure(name: str, fn: RewardFn, prompts, completions, finishes, exc
     return RewardError(f"reward function {name!r} raised {type(exc).__name__}: {exc} on the batch")
 
 
-def score_batch(
+@dataclass
+class ScoreResult:
+    """What scoring a batch produced.
+
+    ``total`` [N]: weighted sum over the reward functions; NaN where every function returned None
+    (the sample is unscorable). ``per_fn``: each function's raw scores (NaN where it returned None;
+    for a per-token reward, the sum over its tokens). ``token_scores`` [N, R] or None: the weighted
+    per-token rewards of functions that returned a list per sample (position j = response token j).
+    ``metrics``: ``reward/<name>/none`` and ``reward/<name>/errors`` counts.
+    """
+
+    total: torch.Tensor
+    per_fn: dict[str, torch.Tensor]
+    token_scores: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _as_score(name: str, s: Any, i: int, prompts, completions) -> float | list[float] | None:
+    if s is None:
+        return None
+    if isinstance(s, (list, tuple)) or (isinstance(s, torch.Tensor) and s.dim() == 1):
+        vals = [float(x) for x in s]
+        if not all(math.isfinite(v) for v in vals):
+            raise RewardError(f"reward function {name!r} returned a non-finite per-token reward on sample {i} "
+                              f"(prompt {prompts[i].text!r}, completion {completions[i]!r})")
+        return vals
+    try:
+        v = float(s)
+    except Exception:  # noqa: BLE001 - TypeError, ValueError, or a tensor's RuntimeError
+        raise RewardError(
+            f"reward function {name!r} returned {s!r} (not a number) on sample {i} "
+            f"(prompt {prompts[i].text!r}, completion {completions[i]!r})"
+        ) from None
+    if not math.isfinite(v):
+        raise RewardError(
+            f"reward function {name!r} returned {s!r} on sample {i} "
+            f"(prompt {prompts[i].text!r}, completion {completions[i]!r}); rewards must be finite (or None)"
+        )
+    return v
+
+
+def score_rewards(
     specs: Sequence[tuple[str, float] | tuple[str, float, dict[str, Any]]],
     prompts: Sequence[Prompt],
     completions: Sequence[str],
     finishes: Sequence[str],
     response_lengths: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of the named reward functions, and each function's raw scores by name.
+    on_error: str = "raise",
+) -> ScoreResult:
+    """Score a batch with the named reward functions (see ``ScoreResult``).
 
     A spec is ``(name, weight)`` or ``(name, weight, kwargs)``. A function that declares
-    ``@needs("response_lengths")`` also receives the token count of each completion.
+    ``@needs("response_lengths")`` also receives the token count of each completion. A function
+    returns one entry per sample: a float, None (unscorable), or a list of per-token floats. If it
+    raises, ``on_error="raise"`` stops with a ``RewardError`` naming the function and the failing
+    sample; ``on_error="none"`` scores the failing samples None and counts them.
     """
+    if on_error not in ("raise", "none"):
+        raise ValueError(f"on_error must be 'raise' or 'none', got {on_error!r}")
     n = len(completions)
-    total = torch.zeros(n, dtype=torch.float32)
+    total = torch.zeros(n, dtype=torch.float64)
+    any_scored = torch.zeros(n, dtype=torch.bool)
     per_fn: dict[str, torch.Tensor] = {}
+    metrics: dict[str, float] = {}
+    token_rows: dict[int, list[float]] = {}
     available = {"response_lengths": response_lengths}
     for spec in specs:
         name, weight = spec[0], spec[1]
@@ -55,10 +107,20 @@ def score_batch(
             if available.get(key) is None:
                 raise RewardError(f"reward function {name!r} needs {key!r}, which the caller did not provide")
             extra[key] = available[key]
+        errors = 0
         try:
             returned = fn(prompts, completions, finishes, **kwargs, **extra)
-        except Exception as exc:  # noqa: BLE001
-            raise _locate_failure(name, fn, prompts, completions, finishes, exc, kwargs, extra) from exc
+        except Exception as exc:  # noqa: BLE001 - any error of user code is reported
+            if on_error == "raise":
+                raise _locate_failure(name, fn, prompts, completions, finishes, exc, kwargs, extra) from exc
+            returned = []
+            for i in range(n):
+                try:
+                    returned.append(fn([prompts[i]], [completions[i]], [finishes[i]], **kwargs,
+                                       **{k: v[i : i + 1] for k, v in extra.items()})[0])
+                except Exception:  # noqa: BLE001
+                    returned.append(None)
+                    errors += 1
         try:
             scores = list(returned)
         except TypeError:
@@ -70,23 +132,41 @@ def score_batch(
             raise RewardError(
                 f"reward function {name!r} returned {len(scores)} scores for {n} samples; expected one score per sample"
             )
-        floats = []
-        for i, s in enumerate(scores):
-            try:
-                floats.append(float(s))
-            except Exception:  # noqa: BLE001 - TypeError, ValueError, or a tensor's RuntimeError
-                raise RewardError(
-                    f"reward function {name!r} returned {s!r} (not a number) on sample {i} "
-                    f"(prompt {prompts[i].text!r}, completion {completions[i]!r})"
-                ) from None
-        values = torch.tensor(floats, dtype=torch.float32)
-        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
-        if bad:
-            i = bad[0]
-            raise RewardError(
-                f"reward function {name!r} returned {scores[i]!r} on sample {i} "
-                f"(prompt {prompts[i].text!r}, completion {completions[i]!r}); rewards must be finite"
-            )
+        values = torch.full((n,), float("nan"), dtype=torch.float32)
+        for i, raw in enumerate(scores):
+            v = _as_score(name, raw, i, prompts, completions)
+            if v is None:
+                continue
+            if isinstance(v, list):
+                row = token_rows.setdefault(i, [])
+                row.extend([0.0] * (len(v) - len(row)))
+                for j, x in enumerate(v):
+                    row[j] += weight * x
+                v = sum(v)
+            values[i] = v
+            total[i] += weight * v
+            any_scored[i] = True
         per_fn[name] = values
-        total += weight * values
-    return total, per_fn
+        metrics[f"reward/{name}/none"] = float(torch.isnan(values).sum())
+        if on_error == "none":
+            metrics[f"reward/{name}/errors"] = float(errors)
+    total = torch.where(any_scored, total, torch.full_like(total, float("nan"))).float()
+    token_scores = None
+    if token_rows:
+        width = max(len(r) for r in token_rows.values())
+        token_scores = torch.zeros(n, width)
+        for i, r in token_rows.items():
+            token_scores[i, : len(r)] = torch.tensor(r)
+    return ScoreResult(total, per_fn, token_scores, metrics)
+
+
+def score_batch(
+    specs: Sequence[tuple[str, float] | tuple[str, float, dict[str, Any]]],
+    prompts: Sequence[Prompt],
+    completions: Sequence[str],
+    finishes: Sequence[str],
+    response_lengths: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(total, per_fn)`` of ``score_rewards`` for callers that need only the scalar scores."""
+    res = score_rewards(specs, prompts, completions, finishes, response_lengths)
+    return res.total, res.per_fn

@@ -57,6 +57,12 @@ def truncate_after_step(path: Path, step: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
+def _nanmean(x: torch.Tensor) -> float:
+    """Mean over the scored samples (None scores are NaN); 0 if none was scored."""
+    ok = ~torch.isnan(x)
+    return float(x[ok].mean()) if bool(ok.any()) else 0.0
+
+
 def rollout_metrics(
     roll: RolloutBatch, rewards: torch.Tensor, per_fn: dict[str, torch.Tensor], n: int, accuracy_reward: str
 ) -> dict[str, float]:
@@ -66,8 +72,8 @@ def rollout_metrics(
     return {
         "reward/mean": rewards.mean().item(),
         "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-        **{f"reward/{k}/mean": v.mean().item() for k, v in per_fn.items()},
-        "acc/mean": per_fn[accuracy_reward].mean().item(),
+        **{f"reward/{k}/mean": _nanmean(v) for k, v in per_fn.items()},
+        "acc/mean": _nanmean(per_fn[accuracy_reward]),
         "frac_reward_zero_std": (groups.std(1) == 0).float().mean().item() if n > 1 else 1.0,
         "response_length/mean": lengths.mean().item(),
         "response_length/max": lengths.max().item(),

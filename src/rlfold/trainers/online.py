@@ -14,25 +14,25 @@ import yaml
 from tqdm.auto import tqdm
 
 from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, SELECTIONS
-from rlfold.algos.kl import adaptive_kl_coef, kl_in_reward
-from rlfold.algos.selection import SelectionInput, filter_groups
+from rlfold.algos.kl import adaptive_kl_coef
+from rlfold.algos.selection import SelectionInput
 from rlfold.core.config import RunConfig
 from rlfold.core.errors import ConfigError, NumericalError
 from rlfold.core.masked import masked_mean, masked_sum
 from rlfold.core.registry import needed_inputs
-from rlfold.core.types import Prompt, RolloutBatch
+from rlfold.core.types import Prompt
 from rlfold.models import disable_dropout, load_model_and_tokenizer
-from rlfold.rewards import score_batch
 from rlfold.rollout import ENGINES, SamplingParams
 from rlfold.rollout.hf_engine import sequence_logprobs
 from rlfold.tasks import TASKS, Task
 from rlfold.trainers import checkpoint as ckpt
 from rlfold.trainers.critic import Critic, ValueTerm, value_metrics
-from rlfold.trainers.inputs import StepContext, first_rows, provide
+from rlfold.trainers.collect import RolloutCollector, Sampled
+from rlfold.trainers.inputs import StepContext, provide
 from rlfold.trainers.data import PromptSampler
 from rlfold.trainers.evaluate import evaluate
 from rlfold.trainers.metrics import (
-    METRICS_FILE, SAMPLES_FILE, JsonlLog, read_jsonl, rollout_metrics, truncate_after_step,
+    METRICS_FILE, SAMPLES_FILE, JsonlLog, read_jsonl, truncate_after_step,
 )
 from rlfold.trainers.schedule import make_scheduler
 from rlfold.trainers.sft import SFTTerm
@@ -70,19 +70,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class StepResult:
     metrics: dict[str, float]
     finite: bool
-
-
-@dataclass
-class Sampled:
-    """The scored rollouts a step trains on (after dynamic sampling), and metrics of all it generated."""
-
-    roll: RolloutBatch
-    prompts: list[Prompt]
-    scores: torch.Tensor
-    group_ids: torch.Tensor
-    metrics: dict[str, float]
-    t_gen: float
-    t_reward: float
 
 
 class OnlineTrainer:
@@ -126,6 +113,7 @@ class OnlineTrainer:
         self._write_config()
         self.sampler = PromptSampler(self.task.train, cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.collector = RolloutCollector(cfg, self.engine, self.params, self.sampler, self.gen, self.tokenizer)
         tc = cfg.train
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if self.critic is not None:
@@ -187,6 +175,7 @@ class OnlineTrainer:
             "init_eval": self.init_eval,
             "kl_coef": self.kl_coef,
             "critic": self.critic.state_dict() if self.critic is not None else None,
+            "collector": self.collector.state_dict(),
         }
 
     def _restore(self) -> None:
@@ -212,6 +201,7 @@ class OnlineTrainer:
         self.kl_coef = state.get("kl_coef", self.kl_coef)
         if self.critic is not None and state.get("critic") is not None:
             self.critic.load_state_dict(state["critic"])
+        self.collector.load_state_dict(state.get("collector", {}))
         self.step = state["step"]
         for name in (METRICS_FILE, SAMPLES_FILE):
             truncate_after_step(self.run_dir / name, self.step)
@@ -227,76 +217,12 @@ class OnlineTrainer:
                        max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7)
         return {f"val/{self.task.name}/{k}": v for k, v in res.items()}
 
-    def _score(self, reps: list[Prompt], roll: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg = self.cfg
-        lengths = roll.response_mask.sum(1)
-        scores, per_fn = score_batch([(r.name, r.weight, r.kwargs) for r in cfg.rewards], reps, roll.response_texts,
-                                     roll.finish_reasons, response_lengths=lengths)
-        if cfg.accuracy_reward not in per_fn:
-            per_fn[cfg.accuracy_reward] = score_batch([(cfg.accuracy_reward, 1.0)], reps, roll.response_texts,
-                                                      roll.finish_reasons, response_lengths=lengths)[1][cfg.accuracy_reward]
-        return scores, per_fn
-
     def greedy_rewards(self, prompts: list[Prompt], group_ids: torch.Tensor) -> torch.Tensor:
         """Reward of one greedy response per group (ReMax baseline), broadcast to the group's rows."""
-        firsts = first_rows(group_ids)
-        uniq = [prompts[i] for i in firsts.tolist()]
-        greedy = self.params.model_copy(update={"temperature": 0.0, "n": 1})
-        roll = self.engine.generate([p.text for p in uniq], greedy, generator=self.gen)
-        scores, _ = self._score(uniq, roll)
-        by_group = dict(zip(group_ids[firsts].tolist(), scores.tolist()))
-        return torch.tensor([by_group[g] for g in group_ids.tolist()], dtype=torch.float32)
+        return self.collector.greedy_rewards(prompts, group_ids, self.step)
 
     def _sample(self) -> Sampled:
-        """Generate and score B groups; with dynamic sampling, keep only groups whose score varies and
-        generate more until B such groups are collected or ``max_gen_batches`` rounds were spent."""
-        cfg, n = self.cfg, self.params.n
-        ds = cfg.algo.dynamic_sampling
-        b = cfg.train.prompts_per_step
-        rounds = ds.max_gen_batches if ds.enabled else 1
-        seen: list[tuple[RolloutBatch, list[Prompt], torch.Tensor, dict[str, torch.Tensor]]] = []
-        kept: list[torch.Tensor] = []
-        t_gen = t_reward = 0.0
-        n_kept = 0
-        for _ in range(rounds):
-            prompts = self.sampler.next(b)
-            t0 = time.perf_counter()
-            roll = self.engine.generate([p.text for p in prompts], self.params, generator=self.gen)
-            t_gen += time.perf_counter() - t0
-            reps = [p for p in prompts for _ in range(n)]
-            t0 = time.perf_counter()
-            scores, per_fn = self._score(reps, roll)
-            t_reward += time.perf_counter() - t0
-            seen.append((roll, reps, scores, per_fn))
-            if not ds.enabled:
-                break
-            metric = per_fn[cfg.accuracy_reward] if ds.metric == "acc" else scores
-            keep = filter_groups(metric, torch.arange(b).repeat_interleave(n))
-            kept.append(keep)
-            n_kept += int(keep.sum()) // n
-            if n_kept >= b:
-                break
-        all_roll = RolloutBatch.concat([x[0] for x in seen], self.engine.pad_id)
-        all_reps = [p for x in seen for p in x[1]]
-        all_scores = torch.cat([x[2] for x in seen])
-        all_per_fn = {k: torch.cat([x[3][k] for x in seen]) for k in seen[0][3]}
-        rows = torch.arange(all_roll.size)
-        extra: dict[str, float] = {}
-        if ds.enabled:
-            keep_all = torch.cat(kept)
-            if n_kept > 0:  # otherwise train on the last round: its advantages carry no signal either way
-                rows = keep_all.nonzero().flatten()[: b * n]
-            else:
-                rows = torch.arange(all_roll.size - b * n, all_roll.size)
-            extra = {"dynamic_sampling/gen_batches": float(len(seen)),
-                     "dynamic_sampling/kept_groups": float(min(n_kept, b))}
-        train_roll = all_roll.select(rows)
-        return Sampled(
-            roll=train_roll, prompts=[all_reps[i] for i in rows.tolist()], scores=all_scores[rows],
-            group_ids=torch.arange(train_roll.size // n).repeat_interleave(n),
-            metrics={**rollout_metrics(all_roll, all_scores, all_per_fn, n, cfg.accuracy_reward), **extra},
-            t_gen=t_gen, t_reward=t_reward,
-        )
+        return self.collector.collect(self.step)
 
     def _select(self, inp: SelectionInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, float]]:
         """Apply the recipe's selection parts in order: rows kept, loss mask, token weights, metrics."""
@@ -335,10 +261,9 @@ class OnlineTrainer:
         if ref_logprobs is not None:
             kl_tokens = self.kl_estimator(roll.policy_logprobs, ref_logprobs)
             kl_metrics = {"actor/kl_coef": self.kl_coef, "actor/reward_kl": float(masked_mean(kl_tokens, mask))}
-        in_reward = kl_tokens is not None and a.kl_in == "reward"
-        token_rewards = kl_in_reward(s.scores, mask, kl_tokens if in_reward else torch.zeros(mask.shape),
-                                     self.kl_coef if in_reward else 0.0)
-        if in_reward:
+        token_rewards = s.token_rewards
+        if kl_tokens is not None and a.kl_in == "reward":
+            token_rewards = token_rewards - self.kl_coef * kl_tokens * mask
             rewards = s.scores - self.kl_coef * masked_sum(kl_tokens, mask, dim=1)
         ctx = StepContext(prompts=s.prompts, roll=roll, scores=s.scores, rewards=rewards, token_rewards=token_rewards,
                           group_ids=s.group_ids)
@@ -346,8 +271,10 @@ class OnlineTrainer:
         inputs = provide(needed_inputs(self.adv_fn), self, ctx)
         adv, adv_metrics = self.adv_fn(rewards, s.group_ids, mask, **inputs, **a.advantage_kwargs)
         t_adv = time.perf_counter() - t0
+        scorable_mask = mask * (~s.unscorable).to(mask.dtype)[:, None]  # unscorable rows do not train
         rows, loss_mask, weights, sel_metrics = self._select(SelectionInput(
-            rewards=rewards, group_ids=s.group_ids, response_mask=mask, advantages=adv, truncated=roll.truncated,
+            rewards=rewards, group_ids=s.group_ids, response_mask=scorable_mask, advantages=adv,
+            truncated=roll.truncated,
             old_logprobs=roll.policy_logprobs, behaviour_logprobs=roll.sample_logprobs, entropy=roll.entropy))
         train_roll = roll.select(rows)
         prep = PreparedBatch(roll=train_roll, advantages=adv[rows], old_logprobs=roll.policy_logprobs[rows],
@@ -423,9 +350,8 @@ class OnlineTrainer:
         for _ in bar:
             s = self._sample()
             mask = s.roll.response_mask
-            token_rewards = kl_in_reward(s.scores, mask, torch.zeros(mask.shape), 0.0)
             values = self.critic.values(s.roll)
-            returns = self.critic.targets(token_rewards, values, mask, s.roll.truncated, lam=1.0)
+            returns = self.critic.targets(s.token_rewards, values, mask, s.roll.truncated, lam=1.0)
             ev = value_metrics(values, returns, mask)["critic/vf_explained_var"]
             upd = self.critic.update(s.roll, mask.float(), values, returns, self.aggregation, self.max_len,
                                      head_only=self.critic.shared)  # a shared backbone is the policy
