@@ -1,7 +1,10 @@
-"""Rewards: verifiers and format checks, combined by weight."""
+"""Rewards: verifiers, format checks, code execution, shaping parts and reward models, combined by weight."""
 
-from rlfold.rewards.base import REWARDS, RewardFn, score_batch
-from rlfold.rewards import arith as _arith  # noqa: F401  (registers exact_match, format)
-from rlfold.rewards import length as _length  # noqa: F401  (registers soft_overlong)
+from rlfold.rewards.base import REWARDS, RewardFn, ScoreResult, score_batch, score_rewards
+from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput
+from rlfold.rewards import (  # noqa: F401  (importing registers the parts)
+    arith as _arith,
+    length as _length,
+)
 
-__all__ = ["REWARDS", "RewardFn", "score_batch"]
+__all__ = ["REWARDS", "SHAPINGS", "RewardFn", "ScoreResult", "Shaped", "ShapingInput", "score_batch", "score_rewards"]
