@@ -7,7 +7,7 @@ policy losses (``POLICY_LOSSES``), loss aggregations (``AGGREGATIONS``) and KL e
 
 from __future__ import annotations
 
-from rlfold.algos import advantages, aggregation, critic, kl, policy_losses, selection, token_advantages
+from rlfold.algos import advantages, aggregation, critic, kl, policy_losses, selection, token_advantages, decs
 from rlfold.algos.advantages import ADVANTAGES
 from rlfold.algos.aggregation import AGGREGATIONS, Aggregation, aggregate
 from rlfold.algos.kl import KL_ESTIMATORS

@@ -4,7 +4,12 @@ from rlfold.rewards.base import REWARDS, RewardFn, ScoreResult, score_batch, sco
 from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput
 from rlfold.rewards import (  # noqa: F401  (importing registers the parts)
     arith as _arith,
+    formats as _formats,
     length as _length,
+    length_shaping as _length_shaping,
+    math as _math,
+    qa as _qa,
+    reflection_shaping as _reflection_shaping,
 )
 
 __all__ = ["REWARDS", "SHAPINGS", "RewardFn", "ScoreResult", "Shaped", "ShapingInput", "score_batch", "score_rewards"]

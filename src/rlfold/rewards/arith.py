@@ -24,3 +24,13 @@ def integer_format(prompts: Sequence[Prompt], completions: Sequence[str], finish
         1.0 if f == FINISH_STOP and _INTEGER.fullmatch(c.strip() or "x") else 0.0
         for c, f in zip(completions, finishes)
     ]
+
+
+@REWARDS.register("final_answer")
+def final_answer(prompts: Sequence[Prompt], completions: Sequence[str], finishes: Sequence[str]) -> list[float]:
+    """1 if the last integer of a completion that stopped is the gold answer (rule-based outcome reward, DeepSeek-R1, arXiv 2501.12948)."""
+    out = []
+    for p, c, f in zip(prompts, completions, finishes):
+        found = _INTEGER.findall(c)
+        out.append(1.0 if f == FINISH_STOP and found and found[-1] == p.answer.strip() else 0.0)
+    return out

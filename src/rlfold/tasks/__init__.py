@@ -2,5 +2,6 @@
 
 from rlfold.tasks.base import TASKS, Task, load_jsonl_prompts
 from rlfold.tasks import arithmetic as _arithmetic  # noqa: F401  (registers "arith")
+from rlfold.tasks import verbose_arith as _verbose_arith  # noqa: F401  (registers "verbose_arith")
 
 __all__ = ["TASKS", "Task", "load_jsonl_prompts"]

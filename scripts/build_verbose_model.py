@@ -1,0 +1,60 @@
+"""Build the shipped base ``tiny-verbose-arith`` reproducibly: seeded SFT on verbose demonstrations.
+
+Its demonstrations answer two-digit additions correctly but put zero to three redundant re-checks
+before the answer (``"wait, check 58+67=125. hmm, verify 125. 125"``; probabilities in
+``rlfold.tasks.verbose_arith.RECHECK_PROBS``). Efficiency methods (DLER, HAPO, ARLCP, ...) can remove
+the re-checks without losing accuracy; that is what they are measured on.
+
+    python scripts/build_verbose_model.py            # writes src/rlfold/assets/tiny-verbose-arith
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+
+from rlfold.models.tiny import build_char_tokenizer, build_tiny_model
+from rlfold.tasks.arithmetic import all_problems, format_prompt, is_held_out, solve
+from rlfold.tasks.verbose_arith import verbose_completion
+from rlfold.trainers.sft import sft_train
+
+OUT = Path(__file__).resolve().parent.parent / "src" / "rlfold" / "assets" / "tiny-verbose-arith"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--held-out-fraction", type=float, default=0.1)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    train = [p for lv in args.levels for p in all_problems(lv)
+             if not is_held_out(format_prompt(*p), args.held_out_fraction)]
+
+    def sample_pairs(rng: random.Random, n: int) -> list[tuple[str, str]]:
+        return [(format_prompt(a, b, op), verbose_completion(a, b, op, solve(a, b, op), rng))
+                for a, b, op in rng.choices(train, k=n)]
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer)
+    print(f"tiny model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    losses = sft_train(model, tokenizer, sample_pairs, steps=args.steps, batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed)
+    print(f"final SFT loss {sum(losses[-50:]) / 50:.4f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    print(f"saved to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
