@@ -4,12 +4,15 @@ from rlfold.rewards.base import REWARDS, RewardFn, ScoreResult, score_batch, sco
 from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput
 from rlfold.rewards import (  # noqa: F401  (importing registers the parts)
     arith as _arith,
+    calibration as _calibration,
+    code as _code,
     formats as _formats,
     length as _length,
     length_shaping as _length_shaping,
     math as _math,
     qa as _qa,
     reflection_shaping as _reflection_shaping,
+    reward_models as _reward_models,
 )
 
 __all__ = ["REWARDS", "SHAPINGS", "RewardFn", "ScoreResult", "Shaped", "ShapingInput", "score_batch", "score_rewards"]
