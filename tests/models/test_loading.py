@@ -111,3 +111,12 @@ def test_missing_tokenizer_files_are_not_silently_replaced_by_an_empty_tokenizer
         shutil.copy(TINY / name, d / name)
     msg = _error(d)
     assert str(d) in msg and "encodes text to nothing" in msg and "tokenizer.json" in msg
+
+
+def test_shipped_tokenizer_keeps_spaces_round_trip():
+    """AutoTokenizer would map the saved generic tokenizer to Qwen2Tokenizer and drop spaces."""
+    _, tok = load_model_and_tokenizer("tiny-arith")
+    text = "wait, check 58+67=125. 125"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text)
+    assert tok.decode(ids) == text

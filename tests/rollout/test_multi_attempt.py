@@ -175,10 +175,20 @@ def test_configuration_errors(tiny):
 
 def test_feedback_that_does_not_round_trip_is_warned_and_kept_verbatim_in_texts(tiny):
     model, tok = tiny
+    feedback = "Wrong \u00e9, try again: "  # the character-level vocabulary has no e-acute
     with pytest.warns(UserWarning, match="round trip"):
-        eng = MultiAttemptEngine(model, tok, attempts=2, verifier=lambda i, t: False)  # default "Wrong, try again: "
+        eng = MultiAttemptEngine(model, tok, attempts=2, feedback=feedback, verifier=lambda i, t: False)
     b = eng.generate(PROMPTS[:1], SamplingParams(n=1, max_new_tokens=20, seed=0))
     assert b.attempts_used == [2]
-    assert b.response_texts[0].count("Wrong, try again: ") == 1  # the reward's default splits it
+    assert b.response_texts[0].count(feedback) == 1  # the text keeps the configured feedback verbatim
     s, e = _spans(b.response_mask[0], int(b.response_attention_mask[0].sum()))[0]
-    assert b.response_ids[0, s:e].tolist() == tok("Wrong, try again: ", add_special_tokens=False)["input_ids"]
+    assert b.response_ids[0, s:e].tolist() == tok(feedback, add_special_tokens=False)["input_ids"]
+
+
+def test_default_feedback_round_trips_through_the_shipped_tokenizer(tiny):
+    import warnings
+
+    model, tok = tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MultiAttemptEngine(model, tok, attempts=2, verifier=lambda i, t: False)

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
+)
 from transformers.utils import logging as hf_logging
 
 from rlfold.core.errors import ModelLoadError
@@ -54,6 +56,24 @@ def resolve_model_path(path: str) -> Path:
     raise ModelLoadError(f"model path {path!r} {what}{hint} (shipped models: {', '.join(shipped) or 'none'})")
 
 
+# Tokenizer classes that mean "the tokenizers pipeline in tokenizer.json, as saved". AutoTokenizer maps
+# them to the model type's class (Qwen2Tokenizer for a Qwen2 config), which rebuilds a BPE
+# pipeline and, for the character-level tiny models, silently drops spaces.
+_GENERIC_FAST = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def _tokenizer_class(directory: Path) -> type:
+    """``PreTrainedTokenizerFast`` when the directory declares a generic tokenizers-backed class, else AutoTokenizer."""
+    cfg = directory / "tokenizer_config.json"
+    try:
+        declared = json.loads(cfg.read_text(encoding="utf-8")).get("tokenizer_class") if cfg.is_file() else None
+    except (OSError, ValueError):
+        declared = None
+    if declared in _GENERIC_FAST and (directory / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast
+    return AutoTokenizer
+
+
 def load_model_and_tokenizer(
     path: str, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -65,7 +85,7 @@ def load_model_and_tokenizer(
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{resolved / 'config.json'} is not a usable model config: {exc}") from exc
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=True)
+        tokenizer = _tokenizer_class(resolved).from_pretrained(resolved, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
         files = ", ".join(sorted(q.name for q in resolved.iterdir()))
         raise ModelLoadError(f"could not load a tokenizer from {resolved} (files: {files}): {exc}") from exc
