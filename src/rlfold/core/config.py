@@ -64,6 +64,7 @@ class DynamicSamplingConfig(_Strict):
 
 class RolloutConfig(_Strict):
     engine: str = "hf"
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the engine (multi_attempt: attempts, feedback)")
     n: int = Field(8, ge=1, description="samples per prompt (G)")
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -200,6 +201,10 @@ class RunConfig(_Strict):
         for i, spec in enumerate(a.selection):
             _check_kwargs(("algo", "selection", i, "kwargs"), "selection part", spec.name, SELECTIONS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("generator",))
+        if self.rollout.engine_kwargs:
+            _check_kwargs(("rollout", "engine_kwargs"), "rollout engine", self.rollout.engine,
+                          ENGINES.get(self.rollout.engine), self.rollout.engine_kwargs, n_positional=2,
+                          reserved=("verifier",))
         for i, spec in enumerate(self.shaping):
             _check_kwargs(("shaping", i, "kwargs"), "reward-shaping part", spec.name, SHAPINGS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("state",))

@@ -40,6 +40,14 @@ class RolloutBatch:
     finish_reasons: list[str]
     response_texts: list[str]
     entropy: torch.Tensor | None = None  # [N, R] plain-policy entropy at each response position (rollout time)
+    # [N, R] 1 on every response token the model attends to, including tokens it did not produce
+    # (tool output, multi-attempt feedback: mask 0 there); None means ``response_mask``.
+    response_attention_mask: torch.Tensor | None = None
+
+    @property
+    def attention(self) -> torch.Tensor:
+        """The response attention mask (``response_mask`` unless tokens outside the loss are present)."""
+        return self.response_mask if self.response_attention_mask is None else self.response_attention_mask
 
     @property
     def size(self) -> int:
@@ -67,6 +75,7 @@ class RolloutBatch:
             return torch.nn.functional.pad(t, (0, r_w - t.shape[1]), value=fill)
 
         with_entropy = all(b.entropy is not None for b in batches)
+        with_attention = any(b.response_attention_mask is not None for b in batches)
         return RolloutBatch(
             prompt_ids=torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
             prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
@@ -77,6 +86,7 @@ class RolloutBatch:
             finish_reasons=[f for b in batches for f in b.finish_reasons],
             response_texts=[t for b in batches for t in b.response_texts],
             entropy=torch.cat([right(b.entropy, 0.0) for b in batches]) if with_entropy else None,
+            response_attention_mask=torch.cat([right(b.attention, 0) for b in batches]) if with_attention else None,
         )
 
     def select(self, idx: torch.Tensor | list[int]) -> "RolloutBatch":
@@ -93,4 +103,6 @@ class RolloutBatch:
             finish_reasons=[self.finish_reasons[i] for i in idx_l],
             response_texts=[self.response_texts[i] for i in idx_l],
             entropy=self.entropy[idx_t] if self.entropy is not None else None,
+            response_attention_mask=(self.response_attention_mask[idx_t]
+                                     if self.response_attention_mask is not None else None),
         )

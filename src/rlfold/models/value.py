@@ -29,11 +29,12 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                response_mask: torch.Tensor) -> torch.Tensor:
+                response_mask: torch.Tensor, response_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         device = self.head.weight.device
         n_prompt, n_resp = prompt_ids.shape[1], response_ids.shape[1]
         ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
-        mask = torch.cat([prompt_mask, response_mask], dim=1).to(device).long()
+        attend = response_mask if response_attention_mask is None else response_attention_mask
+        mask = torch.cat([prompt_mask, attend], dim=1).to(device).long()
         out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
         hidden = out.last_hidden_state[:, n_prompt - 1 : n_prompt + n_resp - 1]
         values = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()

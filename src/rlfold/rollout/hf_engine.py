@@ -31,18 +31,22 @@ def sequence_logprobs(
     response_mask: torch.Tensor,
     *,
     with_entropy: bool = False,
+    response_attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[N, R]`` (float32) of the response tokens under ``model``, and optionally the
     per-token entropy of the plain policy; one forward over prompt + response, gradients flow.
 
-    Positions where ``response_mask`` is 0 are set to 0 in both outputs.
+    Positions where ``response_mask`` is 0 are set to 0 in both outputs. ``response_attention_mask``
+    (default: ``response_mask``) says which response tokens are attended to, e.g. tool output or
+    feedback the model did not produce but sees.
     """
     device = _device(model)
     n_prompt = prompt_ids.shape[1]
     n_resp = response_ids.shape[1]
     ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
     resp_mask = response_mask.to(device)
-    mask = torch.cat([prompt_mask.to(device), resp_mask], dim=1).long()
+    attend = resp_mask if response_attention_mask is None else response_attention_mask.to(device)
+    mask = torch.cat([prompt_mask.to(device), attend], dim=1).long()
     out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
     logits = out.logits[:, n_prompt - 1 : n_prompt + n_resp - 1].float()
     logp_all = torch.log_softmax(logits, dim=-1)

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
-from rlfold.rewards.calibration import DEFAULT_FEEDBACK, render_feedback
+from rlfold.rewards.calibration import DEFAULT_FEEDBACK, attempt_verifier, render_feedback
 from rlfold.rollout.hf_engine import ENGINES, HFEngine, _device
 from rlfold.rollout.sampling import SamplingParams
 
@@ -44,11 +44,11 @@ class MultiAttemptBatch(RolloutBatch):
 
     ``attempts_used[i]``: attempts row ``i`` made (1..K). ``response_attention_mask`` [N, R]: 1 on
     every response token the model saw (attempts and feedback), 0 on padding. ``select``/``concat``
-    return plain ``RolloutBatch`` es without these (the count is also ``len(split_attempts(text))``).
+    return plain ``RolloutBatch`` es, which keep the attention mask but not the counts (the count is
+    also ``len(split_attempts(text))``).
     """
 
     attempts_used: list[int] = field(default_factory=list)
-    response_attention_mask: torch.Tensor | None = None
 
 
 @ENGINES.register("multi_attempt")
@@ -129,6 +129,10 @@ class MultiAttemptEngine:
         draws = torch.randint(self.min_attempts, self.attempts + 1, (n_prompts,),
                               generator=generator, device=generator.device if generator is not None else "cpu")
         return [int(k) for k in draws.tolist() for _ in range(n)]
+
+    def bind_prompts(self, prompts) -> None:
+        """Judge the next ``generate`` call's attempts against these prompts' gold answers (trainer hook)."""
+        self.verifier = attempt_verifier([p.answer for p in prompts])
 
     def generate(
         self,

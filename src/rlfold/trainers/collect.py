@@ -78,6 +78,13 @@ class RolloutCollector:
         self.shaping = [(SHAPINGS.get(sp.name), dict(sp.kwargs)) for sp in cfg.shaping]
         self.shaping_state: list[dict[str, Any]] = [{} for _ in self.shaping]
 
+    def _generate(self, prompts: list[Prompt], params: SamplingParams) -> RolloutBatch:
+        """Engine call; an engine that judges its own attempts (multi_attempt) first gets the prompts."""
+        bind = getattr(self.engine, "bind_prompts", None)
+        if bind is not None:
+            bind(prompts)
+        return self.engine.generate([p.text for p in prompts], params, generator=self.gen)
+
     # ----- scoring -----------------------------------------------------------------------
     def score(self, reps: list[Prompt], roll: RolloutBatch, group_ids: torch.Tensor, step: int) -> Scored:
         """Reward functions, then the shaping parts in order; unscorable rows are counted and neutralised."""
@@ -116,7 +123,7 @@ class RolloutCollector:
         firsts = first_rows(group_ids)
         uniq = [prompts[i] for i in firsts.tolist()]
         greedy = self.params.model_copy(update={"temperature": 0.0, "n": 1})
-        roll = self.engine.generate([p.text for p in uniq], greedy, generator=self.gen)
+        roll = self._generate(uniq, greedy)
         scores = self.score(uniq, roll, torch.arange(len(uniq)), step).scores
         by_group = dict(zip(group_ids[firsts].tolist(), scores.tolist()))
         return torch.tensor([by_group[g] for g in group_ids.tolist()], dtype=torch.float32)
@@ -137,7 +144,7 @@ class RolloutCollector:
         for _ in range(rounds):
             prompts = self.sampler.next(b)
             t0 = time.perf_counter()
-            roll = self.engine.generate([p.text for p in prompts], self.params, generator=self.gen)
+            roll = self._generate(prompts, self.params)
             t_gen += time.perf_counter() - t0
             reps = [p for p in prompts for _ in range(n)]
             t0 = time.perf_counter()

@@ -54,7 +54,7 @@ class Critic:
         was = self.model.training
         self.model.eval()
         try:
-            out = [self.model(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+            out = [self.model(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, b.response_attention_mask)
                    for b in (roll.select(idx) for idx in chunks(roll.size, batch_size))]
         finally:
             self.model.train(was)
@@ -115,7 +115,8 @@ class Critic:
                 for local in chunks(len(idx), tc.micro_batch_size):
                     rows = idx[local]
                     sub = roll.select(rows)
-                    v = self.model(sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask)
+                    v = self.model(sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask,
+                                   sub.response_attention_mask)
                     m = mask[rows].float()
                     loss, metrics = self.loss(v, old_values[rows], returns[rows], m, agg, norm)
                     if not torch.isfinite(loss):
@@ -171,7 +172,8 @@ class ValueTerm:
     vf_coef: float
 
     def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
-        v = self.critic.model(mb.roll.prompt_ids, mb.roll.prompt_mask, mb.roll.response_ids, mb.roll.response_mask)
+        v = self.critic.model(mb.roll.prompt_ids, mb.roll.prompt_mask, mb.roll.response_ids, mb.roll.response_mask,
+                              mb.roll.response_attention_mask)
         loss, metrics = self.critic.loss(v, mb.take(prep.old_values), mb.take(prep.returns), mb.mask, agg, mb.norm)
         share = float(mb.mask.sum()) / max(mb.total_tokens, 1.0)
         return self.vf_coef * loss, {"critic/value_loss": float(loss.detach()),

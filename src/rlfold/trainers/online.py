@@ -103,7 +103,9 @@ class OnlineTrainer:
         self.selections = [(SELECTIONS.get(sp.name), sp.kwargs) for sp in a.selection]
         self.critic = Critic(cfg, self.model, dtype) if "values" in needed_inputs(self.adv_fn) else None
         self.sft = SFTTerm(self.model, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
-        self.engine = ENGINES.get(cfg.rollout.engine)(self.model, self.tokenizer)
+        self.engine = ENGINES.get(cfg.rollout.engine)(self.model, self.tokenizer, **cfg.rollout.engine_kwargs)
+        # Held-out evaluation is single-attempt plain sampling whatever the training engine does.
+        self.eval_engine = ENGINES.get("hf")(self.model, self.tokenizer)
         self.params = SamplingParams(
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
             max_new_tokens=cfg.rollout.max_new_tokens, n=cfg.rollout.n,
@@ -213,7 +215,7 @@ class OnlineTrainer:
     # ----- one step ---------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         ec = self.cfg.eval
-        res = evaluate(self.engine, self.task.held_out[: ec.size], reward=self.cfg.accuracy_reward, k=ec.pass_k,
+        res = evaluate(self.eval_engine, self.task.held_out[: ec.size], reward=self.cfg.accuracy_reward, k=ec.pass_k,
                        max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7)
         return {f"val/{self.task.name}/{k}": v for k, v in res.items()}
 
@@ -255,7 +257,8 @@ class OnlineTrainer:
         if self.ref_model is not None:
             with torch.no_grad():
                 ref_logprobs, _ = sequence_logprobs(self.ref_model, roll.prompt_ids, roll.prompt_mask,
-                                                    roll.response_ids, roll.response_mask)
+                                                    roll.response_ids, roll.response_mask,
+                                                    response_attention_mask=roll.response_attention_mask)
         t_ref = time.perf_counter() - t0
         rewards, kl_metrics, kl_tokens = s.scores, {}, None
         if ref_logprobs is not None:

@@ -133,6 +133,14 @@ def _token_mean_share(x: Tensor, mb: MicroBatch) -> float:
     return float(masked_sum(x.detach(), mb.mask)) / max(mb.total_tokens, 1.0)
 
 
+def _used_width(attention: Tensor) -> int:
+    """Response columns up to the last attended token of any row (at least 1): the rest is padding."""
+    if attention.numel() == 0:
+        return 1
+    cols = attention.bool().any(dim=0).nonzero()
+    return max(int(cols.max().item()) + 1 if cols.numel() else 1, 1)
+
+
 def chunks(n: int, size: int) -> list[torch.Tensor]:
     """Consecutive index ranges of ``size`` rows covering ``range(n)`` (``size`` 0: one range)."""
     size = size or n
@@ -160,11 +168,13 @@ def accumulate_loss(
     for local in chunks(len(idx), micro_batch_size):
         rows = idx[local]
         sub = prep.roll.select(rows)
-        width = max(int(sub.response_mask.sum(1).max().item()) if sub.size else 1, 1)
+        width = _used_width(sub.attention)
         sub.response_ids, sub.response_mask = sub.response_ids[:, :width], sub.response_mask[:, :width]
+        if sub.response_attention_mask is not None:
+            sub.response_attention_mask = sub.response_attention_mask[:, :width]
         mask = prep.loss_mask[rows][:, :width].float()
         logp, ent = sequence_logprobs(model, sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask,
-                                      with_entropy=True)
+                                      with_entropy=True, response_attention_mask=sub.response_attention_mask)
         mb = MicroBatch(rows=rows, roll=sub, mask=mask, norm=norm, logprobs=logp, entropy=ent, columns=width,
                         total_tokens=n_tok)
         loss = logp.new_zeros(())
