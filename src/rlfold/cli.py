@@ -100,8 +100,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = TASKS.get(args.task)(levels=args.levels, held_out_size=args.size, seed=args.seed,
                                 held_out_file=args.data)
     engine = ENGINES.get("hf")(model, tokenizer)
-    res = evaluate(engine, task.held_out, k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    print(f"model {args.model} on {args.task} ({len(task.held_out)} held-out prompts):")
+    reward = args.reward or task.rewards[0]
+    res = evaluate(engine, task.held_out, reward=reward, k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(f"model {args.model} on {args.task} ({len(task.held_out)} held-out prompts, reward {reward}):")
     print(f"  greedy accuracy: {res['acc']:.1%}\n  pass@{args.k}:          {res[f'pass@{args.k}']:.1%}"
           f"\n  mean length:     {res['length']:.2f} tokens")
     return 0
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="JSONL of prompt/answer rows to evaluate instead")
+    p.add_argument("--reward", default=None, help="reward deciding correctness (default: the task's first reward)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("recipes", help="list the shipped recipes and the parts each uses")

@@ -126,6 +126,10 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many non-finite steps in a row")
+    domain_weights: Optional[dict[str, float]] = Field(
+        None, description="adaptive domain sampling (Apriel): target share per domain, the domain of a prompt "
+                          "being meta[domain_key]; None: uniform over the training prompts")
+    domain_key: str = Field("domain", description="prompt meta field naming its domain (arith: 'level')")
 
 
 class CheckpointConfig(_Strict):

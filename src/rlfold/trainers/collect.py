@@ -151,6 +151,9 @@ class RolloutCollector:
             scored = self.score(reps, roll, group_ids, step)
             t_reward += time.perf_counter() - t0
             seen.append((roll, reps, scored))
+            record = getattr(self.sampler, "record_completed", None)  # adaptive domain sampling counts completions
+            if record is not None:
+                record(reps)
             if not ds.enabled:
                 break
             metric = scored.per_fn[cfg.accuracy_reward] if ds.metric == "acc" else scored.scores
@@ -176,6 +179,9 @@ class RolloutCollector:
                 rows = torch.arange(all_roll.size - b * n, all_roll.size)
             extra.update({"dynamic_sampling/gen_batches": float(len(seen)),
                           "dynamic_sampling/kept_groups": float(min(n_kept, b))})
+        probabilities = getattr(self.sampler, "probabilities", None)
+        if probabilities is not None:
+            extra.update({f"sampling/domain_p/{d}": p for d, p in probabilities().items()})
         train_roll = all_roll.select(rows)
         return Sampled(
             roll=train_roll, prompts=[all_reps[i] for i in rows.tolist()], scores=all_scores[rows],

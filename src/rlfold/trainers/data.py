@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
+from rlfold.core.errors import ConfigError
 from rlfold.core.types import Prompt
 
 
@@ -46,3 +47,26 @@ class PromptSampler:
             )
         self.epoch, self.position = state["epoch"], state["position"]
         self._order = self._permutation(self.epoch)
+
+
+def make_prompt_sampler(prompts: list[Prompt], cfg) -> Any:
+    """The run's prompt sampler: uniform epochs, or Apriel's adaptive domain mix when
+    ``train.domain_weights`` is set (domains read from ``prompt.meta[train.domain_key]``)."""
+    tc = cfg.train
+    if not tc.domain_weights:
+        return PromptSampler(prompts, cfg.seed)
+    from rlfold.trainers.domain_sampling import DomainMixSampler
+
+    by_domain: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        if tc.domain_key not in p.meta:
+            raise ConfigError(f"train.domain_weights is set but prompt {p.text[:60]!r} has no meta[{tc.domain_key!r}]; "
+                              "set train.domain_key to the field that names the domain")
+        by_domain.setdefault(str(p.meta[tc.domain_key]), []).append(p)
+    missing = sorted(set(tc.domain_weights) - set(by_domain))
+    extra = sorted(set(by_domain) - set(tc.domain_weights))
+    if missing or extra:
+        raise ConfigError(f"train.domain_weights names domains {sorted(tc.domain_weights)}, the training prompts "
+                          f"have {sorted(by_domain)} (by meta[{tc.domain_key!r}]); missing prompts for {missing}, "
+                          f"no weight for {extra}")
+    return DomainMixSampler(by_domain, tc.domain_weights, seed=cfg.seed)

@@ -29,7 +29,7 @@ from rlfold.trainers import checkpoint as ckpt
 from rlfold.trainers.critic import Critic, ValueTerm, value_metrics
 from rlfold.trainers.collect import RolloutCollector, Sampled
 from rlfold.trainers.inputs import StepContext, provide
-from rlfold.trainers.data import PromptSampler
+from rlfold.trainers.data import make_prompt_sampler
 from rlfold.trainers.evaluate import evaluate
 from rlfold.trainers.metrics import (
     METRICS_FILE, SAMPLES_FILE, JsonlLog, read_jsonl, truncate_after_step,
@@ -113,7 +113,7 @@ class OnlineTrainer:
             ignore_eos=cfg.rollout.ignore_eos,
         )
         self._write_config()
-        self.sampler = PromptSampler(self.task.train, cfg.seed)
+        self.sampler = make_prompt_sampler(self.task.train, cfg)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.collector = RolloutCollector(cfg, self.engine, self.params, self.sampler, self.gen, self.tokenizer)
         tc = cfg.train
