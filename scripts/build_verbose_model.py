@@ -1,7 +1,7 @@
 """Build the shipped base ``tiny-verbose-arith`` reproducibly: seeded SFT on verbose demonstrations.
 
-Its demonstrations answer two-digit additions correctly but put zero to three redundant re-checks
-before the answer (``"wait, check 58+67=125. hmm, verify 125. 125"``; probabilities in
+Its demonstrations answer additions correctly: the answer, then zero to three redundant re-checks
+that copy it, then the answer again (``"125. check 125. wait, 125. 125"``; probabilities in
 ``rlfold.tasks.verbose_arith.RECHECK_PROBS``). Efficiency methods (DLER, HAPO, ARLCP, ...) can remove
 the re-checks without losing accuracy; that is what they are measured on.
 

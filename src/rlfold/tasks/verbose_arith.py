@@ -1,10 +1,12 @@
 """Verbose arithmetic: the arithmetic problems, answered by a base that writes redundant re-checks first.
 
 The prompts and gold answers are those of ``arith``; what differs is the shipped base model
-(``tiny-verbose-arith``, built by ``scripts/build_verbose_model.py``), whose demonstrations put zero
-to three re-checks such as ``"wait, check 58+67=125. "`` before the final answer. The re-checks
-repeat the answer, so they are pure overhead: efficiency methods can remove them without losing
-accuracy. Rewards: ``final_answer`` (the last integer of the completion is the gold answer).
+(``tiny-verbose-arith``, built by ``scripts/build_verbose_model.py``). Its demonstrations state the
+answer, then write zero to three re-checks such as ``"wait, 125. "`` before the final answer
+(``"125. check 125. wait, 125. 125"``). The answer is computed once, right after the prompt, and the
+re-checks only copy it, so they are pure overhead: efficiency methods can remove them without
+changing how the answer is computed. Rewards: ``final_answer`` (the last integer of the completion
+is the gold answer).
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import random
 from rlfold.tasks.arithmetic import HELD_OUT_SEED, make_split
 from rlfold.tasks.base import TASKS, Task, load_jsonl_prompts
 
-# Re-check templates of the verbose base; each mentions a reflection keyword (wait / check / verify / hmm).
-RECHECKS = ("wait, check {a}{op}{b}={s}. ", "hmm, verify {s}. ", "check again: {s}. ")
+# Re-check templates of the verbose base; each has a reflection keyword (wait / check / verify / hmm).
+RECHECKS = ("wait, {s}. ", "check {s}. ", "hmm, verify {s}. ")
 # Probability of writing k re-checks before the answer (k = 0, 1, 2, 3).
 RECHECK_PROBS = (0.25, 0.35, 0.25, 0.15)
 
 
 def verbose_completion(a: int, b: int, op: str, answer: int, rng: random.Random) -> str:
-    """A demonstration: k re-checks drawn from ``RECHECK_PROBS``, then the answer."""
+    """A demonstration: the answer alone, or the answer, k re-checks (``RECHECK_PROBS``) and the answer again."""
     k = rng.choices(range(len(RECHECK_PROBS)), weights=RECHECK_PROBS)[0]
+    if k == 0:
+        return str(answer)
     checks = "".join(rng.choice(RECHECKS).format(a=a, b=b, op=op, s=answer) for _ in range(k))
-    return f"{checks}{answer}"
+    return f"{answer}. {checks}{answer}"
 
 
 @TASKS.register("verbose_arith")
