@@ -116,6 +116,23 @@ def make_split(
     ]
 
 
+def arith_splits(
+    levels: list[int] | None, train_size: int, held_out_size: int, held_out_fraction: float, seed: int,
+    train_file: str | None, held_out_file: str | None,
+) -> tuple[list[Prompt], list[Prompt]]:
+    """Train and held-out prompts: generated (held-out independent of ``seed``) or read from JSONL files."""
+    levels = levels or [2]
+    train = (
+        load_jsonl_prompts(train_file) if train_file
+        else make_split(levels, False, held_out_fraction, train_size, seed)
+    )
+    held = (
+        load_jsonl_prompts(held_out_file) if held_out_file
+        else make_split(levels, True, held_out_fraction, held_out_size, HELD_OUT_SEED)
+    )
+    return train, held
+
+
 @TASKS.register("arith")
 def arith_task(
     levels: list[int] | None = None,
@@ -130,15 +147,7 @@ def arith_task(
 
     ``seed`` orders the training problems; the held-out prompts are the same for every seed.
     """
-    levels = levels or [2]
-    train = (
-        load_jsonl_prompts(train_file) if train_file
-        else make_split(levels, False, held_out_fraction, train_size, seed)
-    )
-    held = (
-        load_jsonl_prompts(held_out_file) if held_out_file
-        else make_split(levels, True, held_out_fraction, held_out_size, HELD_OUT_SEED)
-    )
+    train, held = arith_splits(levels, train_size, held_out_size, held_out_fraction, seed, train_file, held_out_file)
     return Task(name="arith", train=train, held_out=held, rewards=["exact_match", "format"])
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import random
 
-from rlfold.tasks.arithmetic import HELD_OUT_SEED, make_split
-from rlfold.tasks.base import TASKS, Task, load_jsonl_prompts
+from rlfold.tasks.arithmetic import arith_splits
+from rlfold.tasks.base import TASKS, Task
 
 # Re-check templates of the verbose base; each has a reflection keyword (wait / check / verify / hmm).
 RECHECKS = ("wait, {s}. ", "check {s}. ", "hmm, verify {s}. ")
@@ -42,9 +42,5 @@ def verbose_arith_task(
     held_out_file: str | None = None,
 ) -> Task:
     """The ``arith`` problems (same split), for the verbose base; reward ``final_answer``."""
-    levels = levels or [2]
-    train = (load_jsonl_prompts(train_file) if train_file
-             else make_split(levels, False, held_out_fraction, train_size, seed))
-    held = (load_jsonl_prompts(held_out_file) if held_out_file
-            else make_split(levels, True, held_out_fraction, held_out_size, HELD_OUT_SEED))
+    train, held = arith_splits(levels, train_size, held_out_size, held_out_fraction, seed, train_file, held_out_file)
     return Task(name="verbose_arith", train=train, held_out=held, rewards=["final_answer"])
