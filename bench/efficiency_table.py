@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 import yaml
+from learning_table import train_recipe  # the sibling bench script (this directory is on sys.path)
 
 from rlfold.cli import RECIPES_DIR
-from rlfold.core.config_loader import load_config
-from rlfold.trainers.online import OnlineTrainer
 
 ACCEPTANCE = ["dler", "hapo", "arlcp"]
 
@@ -39,21 +36,10 @@ def verbose_recipes() -> list[str]:
 
 
 def run(recipe: str, seed: int, threads: int, overrides: list[str]) -> dict[str, float | str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(RECIPES_DIR / f"{recipe}.yaml", [
-            f"seed={seed}", f"run_dir={tmp}/run", f"threads={threads}", "log.progress=false",
-            "eval.every=0", "checkpoint.every=0", *overrides,
-        ])
-        start = time.perf_counter()
-        trainer = OnlineTrainer(cfg, Path(cfg.run_dir))
-        rows = trainer.fit()
-        minutes = (time.perf_counter() - start) / 60
-    task = trainer.task.name
-    evals = [r for r in rows if f"val/{task}/acc" in r]
-    first, last = evals[0], evals[-1]
+    first, last, minutes, steps, task = train_recipe(recipe, seed, threads, overrides)
     return {"recipe": recipe, "seed": seed, "len_before": first[f"val/{task}/length"],
             "len_after": last[f"val/{task}/length"], "acc_before": first[f"val/{task}/acc"],
-            "acc_after": last[f"val/{task}/acc"], "minutes": minutes, "steps": cfg.train.steps}
+            "acc_after": last[f"val/{task}/acc"], "minutes": minutes, "steps": steps}
 
 
 def main() -> None:

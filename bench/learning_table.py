@@ -27,8 +27,8 @@ from rlfold.trainers.online import OnlineTrainer
 ACCEPTANCE = ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp", "ppo"]
 
 
-def run(recipe: str, seed: int, threads: int, overrides: list[str]) -> dict[str, float | str]:
-    """Train ``recipe`` once; return accuracy before/after and minutes."""
+def train_recipe(recipe: str, seed: int, threads: int, overrides: list[str]) -> tuple[dict, dict, float, int, str]:
+    """Train ``recipe`` once: the first and last held-out evaluation rows, minutes, steps, task name."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(RECIPES_DIR / f"{recipe}.yaml", [
             f"seed={seed}", f"run_dir={tmp}/run", f"threads={threads}", "log.progress=false",
@@ -38,10 +38,17 @@ def run(recipe: str, seed: int, threads: int, overrides: list[str]) -> dict[str,
         trainer = OnlineTrainer(cfg, Path(cfg.run_dir))
         rows = trainer.fit()
         minutes = (time.perf_counter() - start) / 60
-    key = f"val/{trainer.task.name}/acc"
-    evals = [r for r in rows if key in r]
-    return {"recipe": recipe, "seed": seed, "before": evals[0][key], "after": evals[-1][key], "minutes": minutes,
-            "steps": cfg.train.steps}
+    task = trainer.task.name
+    evals = [r for r in rows if f"val/{task}/acc" in r]
+    return evals[0], evals[-1], minutes, cfg.train.steps, task
+
+
+def run(recipe: str, seed: int, threads: int, overrides: list[str]) -> dict[str, float | str]:
+    """Train ``recipe`` once; return accuracy before/after and minutes."""
+    first, last, minutes, steps, task = train_recipe(recipe, seed, threads, overrides)
+    key = f"val/{task}/acc"
+    return {"recipe": recipe, "seed": seed, "before": first[key], "after": last[key], "minutes": minutes,
+            "steps": steps}
 
 
 def main() -> None:
