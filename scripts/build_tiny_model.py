@@ -37,10 +37,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
-    train = [
-        p for lv in args.levels for p in all_problems(lv)
-        if not is_held_out(format_prompt(*p), args.held_out_fraction)
-    ]
+    train = train_problems(args.levels, args.held_out_fraction)
 
     def sample_pairs(rng: random.Random, n: int) -> list[tuple[str, str]]:
         out = []
@@ -51,6 +48,16 @@ def main() -> None:
             out.append((format_prompt(a, b, op), str(answer)))
         return out
 
+    sft_and_save(sample_pairs, args)
+
+
+def train_problems(levels: list[int], held_out_fraction: float) -> list[tuple[int, int, str]]:
+    """Every problem of ``levels`` outside the held-out split."""
+    return [p for lv in levels for p in all_problems(lv) if not is_held_out(format_prompt(*p), held_out_fraction)]
+
+
+def sft_and_save(sample_pairs, args: argparse.Namespace) -> None:
+    """Build the tiny model and its tokenizer, SFT it on ``sample_pairs`` and save both to ``args.out``."""
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer)
     print(f"tiny model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
@@ -61,7 +68,6 @@ def main() -> None:
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     print(f"saved to {args.out}")
-
 
 if __name__ == "__main__":
     main()

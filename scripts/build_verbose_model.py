@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from rlfold.models.tiny import build_char_tokenizer, build_tiny_model
-from rlfold.tasks.arithmetic import all_problems, format_prompt, is_held_out, solve
+from build_tiny_model import sft_and_save, train_problems  # the sibling script (this directory is on sys.path)
+
+from rlfold.tasks.arithmetic import format_prompt, solve
 from rlfold.tasks.verbose_arith import verbose_completion
-from rlfold.trainers.sft import sft_train
 
 OUT = Path(__file__).resolve().parent.parent / "src" / "rlfold" / "assets" / "tiny-verbose-arith"
 
@@ -37,24 +37,13 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
-    train = [p for lv in args.levels for p in all_problems(lv)
-             if not is_held_out(format_prompt(*p), args.held_out_fraction)]
+    train = train_problems(args.levels, args.held_out_fraction)
 
     def sample_pairs(rng: random.Random, n: int) -> list[tuple[str, str]]:
         return [(format_prompt(a, b, op), verbose_completion(a, b, op, solve(a, b, op), rng))
                 for a, b, op in rng.choices(train, k=n)]
 
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_model(tokenizer)
-    print(f"tiny model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    losses = sft_train(model, tokenizer, sample_pairs, steps=args.steps, batch_size=args.batch_size,
-                       lr=args.lr, seed=args.seed)
-    print(f"final SFT loss {sum(losses[-50:]) / 50:.4f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
-    print(f"saved to {args.out}")
-
+    sft_and_save(sample_pairs, args)
 
 if __name__ == "__main__":
     main()
