@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from rlfold.algos.selection import filter_groups
 from rlfold.core.config import RunConfig
+from rlfold.core.seeding import derive_seed, generator_for
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.rewards import SHAPINGS, ShapingInput, score_rewards
 from rlfold.rollout import SamplingParams
@@ -78,12 +79,12 @@ class RolloutCollector:
         self.shaping = [(SHAPINGS.get(sp.name), dict(sp.kwargs)) for sp in cfg.shaping]
         self.shaping_state: list[dict[str, Any]] = [{} for _ in self.shaping]
 
-    def _generate(self, prompts: list[Prompt], params: SamplingParams) -> RolloutBatch:
+    def _generate(self, prompts: list[Prompt], params: SamplingParams, seed: int) -> RolloutBatch:
         """Engine call; an engine that judges its own attempts (multi_attempt) first gets the prompts."""
         bind = getattr(self.engine, "bind_prompts", None)
         if bind is not None:
             bind(prompts)
-        return self.engine.generate([p.text for p in prompts], params, generator=self.gen)
+        return self.engine.generate([p.text for p in prompts], params, generator=generator_for(seed))
 
     # ----- scoring -----------------------------------------------------------------------
     def score(self, reps: list[Prompt], roll: RolloutBatch, group_ids: torch.Tensor, step: int) -> Scored:
@@ -123,7 +124,7 @@ class RolloutCollector:
         firsts = first_rows(group_ids)
         uniq = [prompts[i] for i in firsts.tolist()]
         greedy = self.params.model_copy(update={"temperature": 0.0, "n": 1})
-        roll = self._generate(uniq, greedy)
+        roll = self._generate(uniq, greedy, derive_seed(self.cfg.seed, "baseline", step))
         scores = self.score(uniq, roll, torch.arange(len(uniq)), step).scores
         by_group = dict(zip(group_ids[firsts].tolist(), scores.tolist()))
         return torch.tensor([by_group[g] for g in group_ids.tolist()], dtype=torch.float32)
@@ -141,10 +142,10 @@ class RolloutCollector:
         t_gen = t_reward = 0.0
         n_kept = 0
         group_ids = torch.arange(b).repeat_interleave(n)
-        for _ in range(rounds):
+        for round_ in range(rounds):
             prompts = self.sampler.next(b)
             t0 = time.perf_counter()
-            roll = self._generate(prompts, self.params)
+            roll = self._generate(prompts, self.params, derive_seed(cfg.seed, "rollout", step, round_))
             t_gen += time.perf_counter() - t0
             reps = [p for p in prompts for _ in range(n)]
             t0 = time.perf_counter()

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from rlfold.core.seeding import derive_seed, generator_for
 from rlfold.core.types import Prompt
 from rlfold.rewards import score_batch
 from rlfold.rollout import SamplingParams
@@ -30,16 +31,15 @@ def evaluate(
 ) -> dict[str, float]:
     """``acc`` (greedy), ``pass@k`` (k samples at temperature 1) and ``length`` (greedy tokens)."""
     correct, lengths, passes = 0.0, 0.0, 0.0
-    gen = torch.Generator().manual_seed(seed)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, n=1)
     sampled = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=k)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        roll = engine.generate([p.text for p in chunk], greedy, generator=gen)
+        roll = engine.generate([p.text for p in chunk], greedy, generator=generator_for(derive_seed(seed, "eval", start, 0)))
         scores, _ = score_batch([(reward, 1.0)], chunk, roll.response_texts, roll.finish_reasons)
         correct += float(scores.sum())
         lengths += float(roll.response_mask.sum())
-        roll = engine.generate([p.text for p in chunk], sampled, generator=gen)
+        roll = engine.generate([p.text for p in chunk], sampled, generator=generator_for(derive_seed(seed, "eval", start, 1)))
         reps = [p for p in chunk for _ in range(k)]
         scores, _ = score_batch([(reward, 1.0)], reps, roll.response_texts, roll.finish_reasons)
         for c in (scores.view(len(chunk), k) > 0.5).sum(1).tolist():
