@@ -10,6 +10,7 @@ from rlfold.rewards import (  # noqa: F401  (importing registers the parts)
     length as _length,
     length_shaping as _length_shaping,
     math as _math,
+    multi_attempt as _multi_attempt,
     qa as _qa,
     reflection_shaping as _reflection_shaping,
     reward_models as _reward_models,

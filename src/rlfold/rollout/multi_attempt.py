@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
-from rlfold.rewards.calibration import DEFAULT_FEEDBACK, attempt_verifier, render_feedback
+from rlfold.rewards.multi_attempt import DEFAULT_FEEDBACK, attempt_verifier, render_feedback
 from rlfold.rollout.hf_engine import ENGINES, HFEngine, _device
 from rlfold.rollout.sampling import SamplingParams
 
