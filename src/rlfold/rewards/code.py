@@ -6,7 +6,7 @@ of the completion (else the last untagged fenced block, else the whole completio
 by the generation limit counts up to the end). The tests are ``prompt.meta["tests"]``: a list of
 ``assert`` snippets (one test each) or one string (a single test program); an optional
 ``prompt.meta["test_setup"]`` string runs between the program and the tests. Every program runs
-in :func:`rlfold.rewards.sandbox.run_sandboxed`; a timeout, crash, refused operation or sandbox
+in :func:`rlfold.sandbox.run_sandboxed`; a timeout, crash, refused operation or sandbox
 failure counts as failed tests and never raises, so one bad sample cannot stop a training run.
 """
 
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from rlfold.core.types import Prompt
 from rlfold.rewards.base import REWARDS
-from rlfold.rewards.sandbox import run_sandboxed
+from rlfold.sandbox import run_sandboxed
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"python", "python3", "py", "py3"}

@@ -1,4 +1,4 @@
-"""The code sandbox against hostile programs, and the code_tests reward: the parent always survives."""
+"""The sandbox against hostile programs, alone and under the code_tests reward: the parent always survives."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from rlfold.core.types import Prompt
 from rlfold.rewards.base import REWARDS
-from rlfold.rewards.code import code_tests, extract_code, prompt_tests
-from rlfold.rewards.sandbox import STATUSES, SandboxResult, run_sandboxed
+from rlfold.rewards.code import code_tests
+from rlfold.sandbox import STATUSES, SandboxResult, run_sandboxed
 
 REPO = Path(__file__).resolve().parents[2]
 ADD = "def add(a, b):\n    return a + b\n"
@@ -205,16 +205,6 @@ def test_root_parent_runs_programs_as_nobody():
                                      "assert os.getgroups() == []", "open('mine.txt', 'w').write('x')"],
                        python="/usr/bin/python3")
     _check(ok, ["pass"] * 4)
-
-
-def test_extract_code_and_prompt_tests():
-    assert extract_code("Here:\n```python\ndef f():\n    return 1\n```\ndone") == "def f():\n    return 1\n"
-    assert extract_code("```py\na = 1\n```\n```python\nb = 2\n```") == "b = 2\n"
-    assert extract_code("```\nc = 3\n```") == "c = 3\n"
-    assert extract_code("```python\nd = 4\n") == "d = 4\n"  # cut off by the generation limit
-    assert extract_code("e = 5") == "e = 5"
-    assert prompt_tests(Prompt("q", "")) is None and prompt_tests(Prompt("q", "", {"tests": []})) is None
-    assert prompt_tests(Prompt("q", "", {"tests": "assert 1"})) == ["assert 1"]
 
 
 def test_training_run_continues_through_hostile_completions():
