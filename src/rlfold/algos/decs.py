@@ -1,7 +1,7 @@
 """DECS per-position group-normalised token advantage (arXiv 2509.25827).
 
 Registered in ``ADVANTAGES`` as ``decs``; it consumes the per-token rewards of the ``decs`` shaping
-part (``rlfold.rewards.reflection_shaping.decs``) through ``@needs("token_rewards")``.
+part (``rlfold.rewards.decs_shaping.decs``) through ``@needs("token_rewards")``.
 """
 
 from __future__ import annotations

@@ -2,17 +2,23 @@
 
 from rlfold.rewards.base import REWARDS, RewardFn, ScoreResult, score_batch, score_rewards
 from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput
-from rlfold.rewards import (  # noqa: F401  (importing registers the parts)
+
+# Importing a module registers its parts. The order is the registration order from before the
+# reward modules were split (it breaks ties between equally close names in ``Registry.get``'s hint).
+from rlfold.rewards import (  # noqa: F401,E402
     arith as _arith,
     calibration as _calibration,
+    multi_attempt as _multi_attempt,
     code as _code,
     formats as _formats,
     length as _length,
     length_shaping as _length_shaping,
     math as _math,
-    multi_attempt as _multi_attempt,
     qa as _qa,
-    reflection_shaping as _reflection_shaping,
+    arlcp as _arlcp,
+    decs_shaping as _decs_shaping,
+    redundancy as _redundancy,
+    crf as _crf,
     reward_models as _reward_models,
 )
 

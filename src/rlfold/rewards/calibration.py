@@ -15,10 +15,6 @@ from rlfold.core.types import Prompt
 from rlfold.rewards.answer_match import VERIFIERS, resolve_verifier
 from rlfold.rewards.base import REWARDS
 
-# The multi-attempt names lived here before rlfold.rewards.multi_attempt; re-exported until the last
-# importer of the old path (tests/rollout/test_multi_attempt.py) moves to the new one.
-from rlfold.rewards.multi_attempt import attempt_verifier, split_attempts  # noqa: E402,F401
-
 __all__ = ["VERIFIERS", "doubt_score", "parse_answer_confidence", "rewarding_doubt"]
 
 # ----------------------------------------------------------------------------- Rewarding Doubt
@@ -103,3 +99,9 @@ def rewarding_doubt(
         out.append(doubt_score(check(answer, p.answer), conf, scale=scale, eps=eps, normalize=normalize,
                                correct_bonus=correct_bonus, invalid_reward=invalid_reward))
     return out
+
+
+# The multi-attempt names lived here before rlfold.rewards.multi_attempt; re-exported until the last
+# importer of the old path (tests/rollout/test_multi_attempt.py) moves to the new one.
+# Imported last so that rewarding_doubt registers before multi_attempt, as before the split.
+from rlfold.rewards.multi_attempt import attempt_verifier, split_attempts  # noqa: E402,F401

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput, group_index
+from rlfold.core.groups import group_index
+from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput, sigmoid
 
 # HAPO: a correct answer's length reward never drops below this, so it still beats any wrong answer
 # (whose length reward is <= 0) whenever the length weight is <= 1.
@@ -65,13 +66,6 @@ def _solve_rates(correct: list[bool], gidx: list[int], n_groups: int) -> list[fl
         sizes[g] += 1
         hits[g] += int(c)
     return [h / s if s else 0.0 for h, s in zip(hits, sizes)]
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
 
 
 # ----- 1. Kimi k1.5 ---------------------------------------------------------------------------------
@@ -374,7 +368,7 @@ def grpo_lambda(
             out.append(0.0)
         elif g in top:
             mu, sd = stats[g]
-            pen = alpha * _sigmoid((length - mu) / sd)
+            pen = alpha * sigmoid((length - mu) / sd)
             penalties.append(pen)
             out.append(1.0 - pen)
         else:

@@ -9,6 +9,7 @@ counts); a part mutates it in place. Parts are applied in the order of ``shaping
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rlfold.core import registry
+from rlfold.core.registry import Registry
 from rlfold.core.types import Prompt
 
 SHAPINGS = registry.SHAPINGS
@@ -50,10 +52,34 @@ class Shaped:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
-    """Dense group index per row (0..G-1) and the number of groups."""
-    _, inv = torch.unique(group_ids, return_inverse=True)
-    return inv, int(inv.max().item()) + 1 if inv.numel() else 0
+# ----- helpers shared by the shaping parts -------------------------------------------------------
 
 
-__all__ = ["SHAPINGS", "Shaped", "ShapingInput", "group_index"]
+def correct_mask(inp: ShapingInput) -> Tensor:
+    """Bool [N]: the rows whose accuracy reward is at least 0.5 (NaN counts as incorrect)."""
+    correct = torch.nan_to_num(inp.correct.detach().float(), nan=0.0)
+    return correct >= 0.5
+
+
+def resolve_part(pieces: Registry, part: str | Callable[..., Any]) -> Callable[..., Any]:
+    """A pluggable piece given by name (looked up in ``pieces``) or, from Python, as the callable."""
+    return part if callable(part) else pieces.get(part)
+
+
+def valid_columns(inp: ShapingInput, n_rows: int) -> tuple[Tensor, list[Tensor]]:
+    """Response mask [N, R] (built from ``lengths`` when absent) and each row's valid column indices."""
+    if inp.response_mask is not None:
+        mask = inp.response_mask.bool()
+    else:
+        lengths = inp.lengths.long()
+        width = int(lengths.max().item()) if lengths.numel() else 0
+        mask = torch.arange(width)[None, :] < lengths[:, None]
+    return mask, [torch.nonzero(mask[i]).flatten() for i in range(n_rows)]
+
+
+def sigmoid(x: float) -> float:
+    """Logistic function of a float, evaluated without overflow for large |x|."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+__all__ = ["SHAPINGS", "Shaped", "ShapingInput", "correct_mask", "resolve_part", "sigmoid", "valid_columns"]
