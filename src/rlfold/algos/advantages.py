@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from rlfold.core import registry
+from rlfold.core.groups import group_index
 from rlfold.core.masked import masked_mean, masked_var
 
 Scale = Literal["group", "batch", "none"]
@@ -61,8 +62,7 @@ class _Groups(NamedTuple):
 
 
 def _group_stats(rewards: Tensor, group_ids: Tensor) -> _Groups:
-    _, inv = torch.unique(group_ids, return_inverse=True)
-    n_groups = int(inv.max().item()) + 1
+    inv, n_groups = group_index(group_ids)
     zeros = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device)
     count = zeros.index_add(0, inv, torch.ones_like(rewards))
     total = zeros.index_add(0, inv, rewards)

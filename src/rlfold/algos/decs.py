@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from rlfold.algos.advantages import ADVANTAGES, _check_inputs
+from rlfold.core.groups import group_index
 from rlfold.core.registry import needs
 
 __all__ = ["decs"]
@@ -51,8 +52,7 @@ def decs(
         return torch.zeros_like(r), {"frac_tokens_unpaired": 0.0, "token_rewards_mean": 0.0}
     vf = valid.to(r.dtype)
     r = torch.where(valid, r, torch.zeros_like(r))
-    _, inv = torch.unique(group_ids, return_inverse=True)
-    n_groups = int(inv.max().item()) + 1
+    inv, n_groups = group_index(group_ids)
     zeros = torch.zeros((n_groups, r.shape[1]), dtype=r.dtype, device=r.device)
     count = zeros.index_add(0, inv, vf)                      # [G, R] valid rows per position
     mean = zeros.index_add(0, inv, r) / count.clamp(min=1)

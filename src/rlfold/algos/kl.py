@@ -15,12 +15,12 @@ import torch
 from torch import Tensor
 
 from rlfold.core import registry
+from rlfold.core.groups import LOG_RATIO_CLAMP
 
 KLFn = Callable[[Tensor, Tensor], Tensor]
 
 KL_ESTIMATORS = registry.KL_ESTIMATORS
 
-LOG_RATIO_CLAMP = 20.0
 K3_CLAMP = 10.0
 
 

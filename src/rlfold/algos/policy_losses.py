@@ -23,13 +23,12 @@ import torch
 from torch import Tensor
 
 from rlfold.core import registry
+from rlfold.core.groups import LOG_RATIO_CLAMP
 from rlfold.core.masked import masked_mean
 
 PolicyLossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
 POLICY_LOSSES = registry.POLICY_LOSSES
-
-LOG_RATIO_CLAMP = 20.0
 
 
 def _check_inputs(

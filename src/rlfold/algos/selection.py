@@ -33,12 +33,12 @@ import torch
 from torch import Tensor
 
 from rlfold.core import registry
+from rlfold.core.groups import LOG_RATIO_CLAMP, group_index
 
 SELECTIONS = registry.SELECTIONS
 
 SelectionFn = Callable[..., "Selection"]
 
-LOG_RATIO_CLAMP = 20.0
 PF_PPO_EPS = 1e-8
 # torch.quantile refuses inputs with more than 2**24 elements; larger batches use kthvalue.
 _QUANTILE_MAX_NUMEL = 2**24
@@ -123,14 +123,6 @@ class Selection:
     token_mask: Tensor | None = None
     token_weights: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _group_index(group_ids: Tensor) -> tuple[Tensor, int]:
-    """Dense group index 0..G-1 per row, and G."""
-    if group_ids.numel() == 0:
-        return group_ids.new_zeros(0, dtype=torch.long), 0
-    _, inv = torch.unique(group_ids, return_inverse=True)
-    return inv, int(inv.max().item()) + 1
 
 
 def _group_max_min(values: Tensor, inv: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
@@ -248,7 +240,7 @@ def pf_ppo_weights(
         w = r.abs() ** power
     else:
         if scope == "group":
-            inv, n_groups = _group_index(group_ids)
+            inv, n_groups = group_index(group_ids)
             r_max, r_min = _group_max_min(r, inv, n_groups)
         else:
             r_max, r_min = r.max().expand_as(r), r.min().expand_as(r)
@@ -293,7 +285,7 @@ def pf_ppo(
     if scope == "batch":
         rows = torch.multinomial(weights, n, replacement=True, generator=generator)
     else:
-        inv, n_groups = _group_index(inp.group_ids)
+        inv, n_groups = group_index(inp.group_ids)
         order = torch.argsort(inv, stable=True)
         counts = torch.bincount(inv, minlength=n_groups).tolist()
         rows = torch.empty(n, dtype=torch.long, device=device)
@@ -442,7 +434,7 @@ def filter_groups(scores: Tensor, group_ids: Tensor) -> Tensor:
     if scores.dtype.is_floating_point and torch.isnan(scores).any():
         bad = torch.nonzero(torch.isnan(scores)).flatten()[:10].tolist()
         raise ValueError(f"filter_groups: scores must not be NaN; NaN at rows {bad}")
-    inv, n_groups = _group_index(group_ids)
+    inv, n_groups = group_index(group_ids)
     r_max, r_min = _group_max_min(scores, inv, n_groups)
     count = torch.bincount(inv, minlength=n_groups)[inv]
     return (count >= 2) & (r_max != r_min)
