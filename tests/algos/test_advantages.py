@@ -1,4 +1,5 @@
-"""Outcome advantage estimators against hand numbers (policy.md 1.1-1.2, 1.5-1.6; peers.md 1.2)."""
+"""Outcome advantage estimators against hand numbers: GRPO (arXiv 2402.03300), Dr. GRPO (2503.20783),
+RLOO (2402.14740), OPO (2505.23585), REINFORCE++-baseline (2501.03262)."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def test_every_part_cites_a_paper() -> None:
         assert "arXiv" in doc, name
 
 
-# --- RLOO (policy.md 1.5) -------------------------------------------------------------------------
+# --- RLOO (arXiv 2402.14740) ----------------------------------------------------------------------
 
 
 def test_rloo_hand_example() -> None:
@@ -132,7 +133,7 @@ def test_rloo_singleton_keeps_reward() -> None:
     assert torch.allclose(adv, torch.tensor([[0.3, 0.3], [1.0, 1.0], [-1.0, -1.0]]))
 
 
-# --- OPO (peers.md 1.2) ---------------------------------------------------------------------------
+# --- OPO (arXiv 2505.23585) -----------------------------------------------------------------------
 
 
 def test_opo_hand_example_unequal_lengths() -> None:
@@ -162,7 +163,7 @@ def test_opo_equal_lengths_is_dr_grpo() -> None:
     assert (opo[:, :3] != 0).all()
 
 
-# --- REINFORCE++-baseline (policy.md 1.6) ---------------------------------------------------------
+# --- REINFORCE++-baseline (arXiv 2501.03262) ------------------------------------------------------
 
 
 def test_reinforce_pp_baseline_hand_example() -> None:

@@ -1,4 +1,5 @@
-"""Critic loss and explained variance against hand-computed numbers (peers.md 1.5, policy.md 2)."""
+"""Critic loss and explained variance against hand-computed numbers (verl's clipped value loss, as in VC-PPO,
+arXiv 2503.01491)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DECS per-position group-normalised token advantage against a hand example (rewards.md 6(b))."""
+"""DECS per-position group-normalised token advantage against a hand example (arXiv 2509.25827, Eq. 10)."""
 
 from __future__ import annotations
 

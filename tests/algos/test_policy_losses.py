@@ -1,4 +1,5 @@
-"""Policy losses against hand-computed numbers (policy.md 0, 1.3, 1.4, 1.7; peers.md 1.3, 2.4)."""
+"""Policy losses against hand-computed numbers: PPO clip with DAPO's clip-higher (arXiv 1707.06347, 2503.14476),
+GSPO (arXiv 2507.18071), CISPO (arXiv 2506.13585) and SAPO (arXiv 2511.20347), with verl's conventions."""
 
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ def test_masked_positions_give_zero_loss_and_gradient(name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# GSPO (policy.md 1.4)
+# GSPO (arXiv 2507.18071)
 
 gspo = POLICY_LOSSES.get("gspo")
 gspo_token = POLICY_LOSSES.get("gspo_token")
@@ -260,7 +261,7 @@ def test_gspo_token_gradient_equals_gspo_for_constant_row_advantages() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# CISPO (policy.md 1.7)
+# CISPO (arXiv 2506.13585)
 
 cispo = POLICY_LOSSES.get("cispo")
 
@@ -328,7 +329,7 @@ def test_reinforce_values_and_gradient() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# SAPO (peers.md 1.3, 2.4)
+# SAPO (arXiv 2511.20347)
 
 sapo = POLICY_LOSSES.get("sapo")
 

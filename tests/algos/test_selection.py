@@ -1,4 +1,5 @@
-"""Selection parts against hand-computed numbers (policy.md 1.3, 22; peers.md 1.5, 1.6, 2.6, 2.9)."""
+"""Selection parts against hand-computed numbers: DAPO's overlong filtering and dynamic sampling (arXiv 2503.14476),
+top-entropy tokens (2506.01939), PF-PPO (2409.06957), truncated importance sampling (1802.01561)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Token-level advantage estimators against hand numbers (policy.md 1.6, 2, 3; peers.md 1.2)."""
+"""Token-level advantage estimators against hand numbers: REINFORCE++ (arXiv 2501.03262), GAE (1506.02438)
+with VC-PPO's decoupled lambda (2503.01491), EGAE from T-PPO (2506.15050), ReMax (2310.10505)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_masked_whiten_mean_zero_unbiased_var_one() -> None:
     assert torch.equal(masked_whiten(torch.zeros(2, 3), torch.ones(2, 3)), torch.zeros(2, 3))
 
 
-# --- REINFORCE++ (policy.md 1.6) ------------------------------------------------------------------
+# --- REINFORCE++ (arXiv 2501.03262) ---------------------------------------------------------------
 
 
 def test_reinforce_pp_whitens_discounted_returns() -> None:
@@ -138,7 +139,7 @@ def test_remax_baseline_equal_to_reward_gives_zero() -> None:
     assert torch.equal(adv, torch.zeros(5, 4))
 
 
-# --- GAE, decoupled lambda (policy.md 2) and EGAE (policy.md 3) -----------------------------------
+# --- GAE, decoupled lambda (VC-PPO, arXiv 2503.01491) and EGAE (T-PPO, arXiv 2506.15050) ----------
 
 
 def _gae(token_rewards, values, mask, truncated, **kw):

@@ -23,7 +23,7 @@ def _doubt(completion: str, prompt: Prompt = P, **kw) -> float:
     [(8, True, 11.8566), (8, False, 5.3417), (10, True, 12.5), (10, False, -10.0029),
      (0, False, 10.0), (5, True, 10.4954), (11, True, -30.0), (11, False, -30.0)],
 )
-def test_doubt_table_of_rewards_md(conf, correct, expected):
+def test_doubt_worked_table(conf, correct, expected):
     answer = "125" if correct else "124"
     assert _doubt(f"Answer: {answer}, Confidence: {conf}") == pytest.approx(expected, abs=1e-4)
     assert doubt_score(correct, conf) == pytest.approx(expected, abs=1e-4)

@@ -1,4 +1,4 @@
-"""Reward models as rewards: one model, ensembles (mean / WCO / UWO, rewards.md 13), caching, load errors."""
+"""Reward models as rewards: one model, ensembles (mean / WCO / UWO, arXiv 2310.02743), caching, load errors."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_ensemble_aggregates_match_members(rm_dirs):
         assert torch.allclose(_score(path=[rm_dirs[1]], aggregate=agg), members[1], atol=1e-5)
 
 
-def test_aggregate_worked_example_of_rewards_md():
+def test_aggregate_worked_example():
     s = torch.tensor([[1.0], [2.0], [4.0]], dtype=torch.float64)
     assert aggregate_scores(s, "mean").item() == pytest.approx(2.3333, abs=1e-4)
     assert aggregate_scores(s, "wco").item() == 1.0

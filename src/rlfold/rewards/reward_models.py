@@ -1,5 +1,5 @@
 """Learned reward models as reward functions, alone or as a conservative ensemble (Coste et al.,
-arXiv 2310.02743; methods/rewards.md section 13).
+"Reward Model Ensembles Help Mitigate Overoptimization", arXiv 2310.02743).
 
 A reward model is any local sequence-classification directory (``AutoModelForSequenceClassification``
 + ``AutoTokenizer``, local files only). Its score for a sample is the logit of label 0 (the single
