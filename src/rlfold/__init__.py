@@ -4,4 +4,4 @@ __version__ = "0.1.0"
 
 # Every layer registers its built-in parts into the core registries when imported; importing the
 # package registers them all, so configurations can name any of them.
-from rlfold import algos, rewards, rollout, tasks  # noqa: E402,F401
+from rlfold import algos, envs, rewards, rollout, tasks, trainers  # noqa: E402,F401

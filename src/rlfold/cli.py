@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rlfold.core.config_loader import load_config
     from rlfold.plot import plot_run
     from rlfold.trainers.metrics import print_summary
-    from rlfold.trainers.online import OnlineTrainer
+    from rlfold.trainers.loop import build_run
 
     cfg = load_config(resolve_recipe(args.config), args.overrides)
     if getattr(args, "print_config", False):
@@ -60,18 +60,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = _run_dir(cfg, args.resume)
     if args.resume and not run_dir.is_dir():
         raise RlfoldError(f"--resume {run_dir}: no such run directory")
-    trainer = OnlineTrainer(cfg, run_dir, resume=bool(args.resume))
+    run = build_run(cfg, run_dir, resume=bool(args.resume))
     try:
-        rows = trainer.fit()
+        rows = run.fit()
     except (RlfoldError, KeyboardInterrupt) as exc:
         raise type(exc)(f"{exc}{_resume_hint(run_dir)}") from exc
     print_summary(rows, f"{cfg.name}: {run_dir}")
     png = plot_run(run_dir)
-    task = trainer.task.name
-    first = next((r for r in rows if f"val/{task}/acc" in r), {})
-    last = next((r for r in reversed(rows) if f"val/{task}/acc" in r), {})
-    print(f"held-out greedy accuracy: {first.get(f'val/{task}/acc', float('nan')):.1%} -> "
-          f"{last.get(f'val/{task}/acc', float('nan')):.1%}")
+    key = f"val/{cfg.task.name}/acc"
+    first = next((r for r in rows if key in r), {})
+    last = next((r for r in reversed(rows) if key in r), {})
+    print(f"held-out greedy accuracy: {first.get(key, float('nan')):.1%} -> {last.get(key, float('nan')):.1%}")
     print(f"run directory: {run_dir}\nfinal model:   {run_dir / 'final'}\nplot:          {png}")
     return 0
 
@@ -92,14 +91,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from rlfold.models import load_model_and_tokenizer
-    from rlfold.rollout import ENGINES
+    from rlfold.rollout import ENGINES, EngineContext
     from rlfold.tasks import TASKS
     from rlfold.trainers.evaluate import evaluate
 
     model, tokenizer = load_model_and_tokenizer(args.model)
     task = TASKS.get(args.task)(levels=args.levels, held_out_size=args.size, seed=args.seed,
                                 held_out_file=args.data)
-    engine = ENGINES.get("hf")(model, tokenizer)
+    engine = ENGINES.get(args.engine)(EngineContext(model=model, tokenizer=tokenizer, model_path=args.model,
+                                                    dtype=next(model.parameters()).dtype))
     reward = args.reward or task.rewards[0]
     res = evaluate(engine, task.held_out, reward=reward, k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed)
     print(f"model {args.model} on {args.task} ({len(task.held_out)} held-out prompts, reward {reward}):")
@@ -114,31 +114,38 @@ def recipe_parts(cfg) -> list[str]:
     extra = []
     if a.kl_coef:
         extra.append(f"KL {a.kl_estimator} x {a.kl_coef:g} in the {a.kl_in}" + (" (adaptive)" if a.kl_ctrl == "adaptive" else ""))
-    if a.dynamic_sampling.enabled:
-        extra.append(f"dynamic sampling (<= {a.dynamic_sampling.max_gen_batches} rounds)")
+    extra += [f"filter {f.name} (<= {a.max_gen_batches} rounds)" for f in a.group_filters]
     extra += [f"select {s.name}" for s in a.selection]
     if a.entropy_coef:
         extra.append(f"entropy bonus {a.entropy_coef:g}")
     if a.sft_coef:
         extra.append(f"SFT x {a.sft_coef:g}")
-    if (a.clip_low, a.clip_high) != (0.2, 0.2) and "clip_high" in _params(a.policy_loss):
-        kind = "clip-higher" if a.policy_loss == "ppo_clip" and a.clip_high > a.clip_low else "clip"
-        extra.append(f"{kind} eps_low/high {a.clip_low:g}/{a.clip_high:g}")
+    opts = a.policy_loss_options()
+    if "clip_high" in opts or "clip_low" in opts:
+        defaults = _defaults(a.policy_loss)
+        low, high = opts.get("clip_low", defaults.get("clip_low")), opts.get("clip_high", defaults.get("clip_high"))
+        extra.append(f"eps_low/high {low:g}/{high:g}")
     if "values" in _needs(a.advantage):
         c = cfg.critic
-        extra.append(f"{c.model} critic" + (f", lambda {c.lam:g}" if c.lam is not None else "")
-                     + (f", {c.pretrain_steps} pretrain steps" if c.pretrain_steps else ""))
+        extra.append(f"{c.model} critic, lambda {c.lam:g}" + (f", {c.pretrain_steps} pretrain steps"
+                                                              if c.pretrain_steps else ""))
+    if cfg.rollout.env is not None:
+        extra.append(f"environment {cfg.rollout.env.name}")
+    if cfg.train.sampler.name != "uniform":
+        extra.append(f"sampler {cfg.train.sampler.name}")
+    extra += [f"shaping {s.name}" for s in cfg.shaping]
     shaping = [r.name for r in cfg.rewards if r.name not in ("exact_match", "format")]
     extra += [f"reward {n}" for n in shaping]
     return extra
 
 
-def _params(policy_loss: str) -> set[str]:
+def _defaults(policy_loss: str) -> dict[str, object]:
     import inspect
 
     from rlfold.core.registry import POLICY_LOSSES
 
-    return set(inspect.signature(POLICY_LOSSES.get(policy_loss)).parameters)
+    params = inspect.signature(POLICY_LOSSES.get(policy_loss)).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def _needs(advantage: str) -> tuple[str, ...]:
@@ -155,15 +162,32 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     import rlfold  # noqa: F401  (registers the built-in parts)
     from rlfold.core.config_loader import load_config
 
+    if args.source:
+        return _print_sources(args.recipe)
     table = Table(title="rlfold recipes (rlfold train <recipe>)", show_lines=True)
     for col in ("recipe", "paper", "advantage", "policy loss", "aggregation", "other parts"):
         table.add_column(col, overflow="fold")
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+    paths = [resolve_recipe(args.recipe)] if args.recipe else sorted(RECIPES_DIR.glob("*.yaml"))
+    for path in paths:
         paper = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("paper", "")
         cfg = load_config(path, [])
         a = cfg.algo
         table.add_row(path.stem, paper, a.advantage, a.policy_loss, a.loss_agg, "; ".join(recipe_parts(cfg)) or "-")
     Console(width=max(Console().width, 160)).print(table)
+    return 0
+
+
+def _print_sources(recipe: str | None) -> int:
+    """``rlfold recipes --source``: where every part a recipe names is defined (module:line)."""
+    import rlfold  # noqa: F401  (registers the built-in parts)
+    from rlfold.core.config_loader import load_config
+    from rlfold.core.sources import recipe_parts_with_sources
+
+    paths = [resolve_recipe(recipe)] if recipe else sorted(RECIPES_DIR.glob("*.yaml"))
+    for path in paths:
+        print(f"{path.stem}:")
+        for role, name, where in recipe_parts_with_sources(load_config(path, [])):
+            print(f"  {role:<16} {name:<28} {where}")
     return 0
 
 
@@ -201,9 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="JSONL of prompt/answer rows to evaluate instead")
     p.add_argument("--reward", default=None, help="reward deciding correctness (default: the task's first reward)")
+    p.add_argument("--engine", default="hf", help="registered engine to generate with (default: hf)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("recipes", help="list the shipped recipes and the parts each uses")
+    p.add_argument("recipe", nargs="?", default=None, help="one recipe (name or YAML path) instead of all")
+    p.add_argument("--source", action="store_true",
+                   help="print where each part of the recipe is defined (module:line) instead of the table")
     p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("plot", help="write a PNG of a run's curves")
@@ -214,7 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Options may come before, between or after the key=value overrides: argparse stops collecting a
+    # positional list at the first option, so overrides after an option come back as extras here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except RlfoldError as exc:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlfold.core.types import Prompt
-from rlfold.trainers.domain_sampling import DomainMixSampler, DomainWeightedSampler
+from rlfold.tasks.domain_mix import DomainMixSampler, DomainWeightedSampler
 
 
 def test_worked_example_targets_half_half_completions_30_10():

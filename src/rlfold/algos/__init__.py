@@ -7,16 +7,17 @@ policy losses (``POLICY_LOSSES``), loss aggregations (``AGGREGATIONS``) and KL e
 
 from __future__ import annotations
 
-from rlfold.algos import advantages, aggregation, critic, kl, policy_losses, selection, token_advantages, decs
+from rlfold.algos import advantages, aggregation, critic, group_filters, kl, policy_losses, selection, token_advantages, decs
 from rlfold.algos.advantages import ADVANTAGES
 from rlfold.algos.aggregation import AGGREGATIONS, Aggregation, aggregate
 from rlfold.algos.kl import KL_ESTIMATORS
 from rlfold.algos.policy_losses import POLICY_LOSSES
-from rlfold.core.registry import SELECTIONS
+from rlfold.core.registry import GROUP_FILTERS, SELECTIONS
 
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "GROUP_FILTERS",
     "Aggregation",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
@@ -25,6 +26,7 @@ __all__ = [
     "aggregate",
     "aggregation",
     "critic",
+    "group_filters",
     "selection",
     "token_advantages",
     "kl",

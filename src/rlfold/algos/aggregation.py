@@ -1,14 +1,15 @@
 """Loss aggregation: per-token losses [N, R] -> one scalar, exact under micro-batching.
 
 An ``Aggregation`` is split in two so that gradient accumulation never changes the loss
-(DESIGN.md principle 4). The trainer computes ``norm = agg.normaliser(mask)`` ONCE on the mask of
+(exact aggregation, docs/design.md). The trainer computes ``norm = agg.normaliser(mask)`` ONCE on the mask of
 the whole optimiser mini-batch (``max_len``: the generation limit, used by constant-length
 modes), then calls ``agg.reduce(loss_mb, mask_mb, norm)`` for each
 micro-batch and sums the results (before or after backward). For any split of the rows,
 ``sum_mb reduce(loss_mb, mask_mb, norm) == reduce(loss, mask, normaliser(mask))``. Every ``reduce``
-is a sum over rows divided by ``norm``, which is what makes this hold. With data parallelism the
-trainer computes the normaliser on the global mini-batch mask (or all-reduces the counts) and
-multiplies by the world size when the framework averages gradients across ranks.
+is a sum over rows divided by ``norm``, which is what makes this hold. With data parallelism each
+rank computes the counts of its rows and the trainer all-reduces them (``additive`` normalisers;
+constants are not reduced), and multiplies by the world size when the framework averages gradients
+across ranks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Aggregation:
     normaliser: Normaliser
     reduce: Reduce
     doc: str = ""
+    # True when the normaliser counts tokens or sequences (a sum over rows, so data-parallel ranks
+    # all-reduce it); False for a constant (1, L_max), which every rank already has.
+    additive: bool = True
 
 
 AGGREGATIONS = registry.AGGREGATIONS
@@ -102,6 +106,7 @@ _REGISTERED: dict[str, Aggregation] = {
         _one,
         _token_sum,
         "Plain token sum, sum m l (REINFORCE estimator, Williams 1992; verl, arXiv 2409.19256).",
+        additive=False,
     ),
     "seq-mean-token-mean": Aggregation(
         _n_seqs,
@@ -123,6 +128,7 @@ _REGISTERED: dict[str, Aggregation] = {
         lambda mask, max_len=None: float(mask.shape[-1] if max_len is None else max_len),
         _token_sum,
         "verl's older Dr. GRPO form, sum m l / L_max (Liu et al. 2025, arXiv 2503.20783; verl).",
+        additive=False,
     ),
 }
 

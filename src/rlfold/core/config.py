@@ -8,7 +8,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlfold.core.registry import (
-    ADVANTAGES, AGGREGATIONS, ENGINES, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SELECTIONS, SHAPINGS, TASKS, needed_inputs,
+    ADVANTAGES, AGGREGATIONS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SAMPLERS,
+    SELECTIONS, SHAPINGS, TASKS, TRAINERS, needed_inputs,
 )
 from rlfold.core.suggest import closest
 
@@ -56,15 +57,36 @@ class ShapingSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-class DynamicSamplingConfig(_Strict):
-    enabled: bool = Field(False, description="DAPO dynamic sampling: drop groups whose scores are all equal, refill")
-    metric: Literal["acc", "reward"] = Field("acc", description="score whose within-group variance decides")
-    max_gen_batches: int = Field(4, ge=1, description="generation rounds per step at most (then train on what qualified)")
+class GroupFilterSpec(_Strict):
+    name: str = Field(description="registered group filter (dynamic_sampling, ...): which prompt groups a step keeps")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the group filter")
+
+
+class SamplerSpec(_Strict):
+    name: str = Field("uniform", description="registered prompt sampler (uniform, domain_mix, ...)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the prompt sampler")
+
+
+class EnvSpec(_Strict):
+    name: str = Field(description="registered environment (multi_attempt, ...): the rollout becomes multi-turn")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the environment")
 
 
 class RolloutConfig(_Strict):
-    engine: str = "hf"
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the engine (multi_attempt: attempts, feedback)")
+    engine: str = Field("hf", description="registered rollout engine that generates the training rollouts")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the engine")
+    eval_engine: str = Field("hf", description="registered engine for held-out evaluation (single turn, no env)")
+    eval_engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the eval engine")
+    env: Optional[EnvSpec] = Field(
+        None, description="environment the model talks to between turns (None: single-turn generation)")
+    max_turns: int = Field(
+        16, ge=1, description="multi-turn rollouts: model turns per episode at most (the environment may end sooner)")
+    turn_budget: Literal["total", "per_turn"] = Field(
+        "total", description="multi-turn rollouts: max_new_tokens bounds all model turns of an episode together, "
+                             "or each turn")
+    recompute_logprobs: Optional[bool] = Field(
+        None, description="recompute old log-probs with the trainer before the update (None: exactly when the "
+                          "engine does not share the trainer's weights)")
     n: int = Field(8, ge=1, description="samples per prompt (G)")
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -76,13 +98,19 @@ class RolloutConfig(_Strict):
 
 
 class AlgoConfig(_Strict):
-    advantage: str = "grpo"
-    advantage_kwargs: dict[str, Any] = Field(default_factory=dict)
-    policy_loss: str = "ppo_clip"
-    policy_loss_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keywords of the policy loss")
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.2, ge=0)
-    clip_c: Optional[float] = Field(None, gt=1, description="dual-clip constant for negative advantages")
+    advantage: str = Field("grpo", description="registered advantage estimator")
+    advantage_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the advantage")
+    policy_loss: str = Field("ppo_clip", description="registered per-token policy loss")
+    policy_loss_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the policy loss")
+    clip_low: Optional[float] = Field(
+        None, ge=0, description="eps_low of the policy loss (None: the loss's own default, 0.2 for ppo_clip, "
+                                "3e-4 for gspo); an error for a loss without it")
+    clip_high: Optional[float] = Field(
+        None, ge=0, description="eps_high of the policy loss (None: the loss's own default); an error for a loss "
+                                "without it")
+    clip_c: Optional[float] = Field(
+        None, gt=1, description="dual-clip constant for negative advantages (None: the loss's default, off for "
+                                "ppo_clip); an error for a loss without it")
     loss_agg: str = "seq-mean-token-mean"
     loss_agg_max_len: Optional[int] = Field(
         None, ge=1, description="L_max of constant-length aggregations (default: rollout.max_new_tokens)")
@@ -95,7 +123,19 @@ class AlgoConfig(_Strict):
     entropy_coef: float = Field(0.0, description="entropy bonus: loss -= entropy_coef * aggregated entropy")
     sft_coef: float = Field(0.0, ge=0, description="weight of an NLL loss on the task's demonstrations")
     selection: list[SelectionSpec] = Field(default_factory=list, description="selection parts, applied in order")
-    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+    group_filters: list[GroupFilterSpec] = Field(
+        default_factory=list, description="group filters, applied in order while collecting: a prompt group "
+                                          "that any filter rejects is dropped and more prompts are generated")
+    max_gen_batches: int = Field(
+        4, ge=1, description="with group filters: generation rounds per step at most (then train on what passed)")
+
+    def policy_loss_options(self) -> dict[str, Any]:
+        """Keyword options for the policy loss: the clip fields that are set, then ``policy_loss_kwargs``."""
+        clips = {k: getattr(self, k) for k in CLIP_FIELDS if getattr(self, k) is not None}
+        return {**clips, **self.policy_loss_kwargs}
+
+
+CLIP_FIELDS = ("clip_low", "clip_high", "clip_c")
 
 
 class CriticConfig(_Strict):
@@ -107,8 +147,12 @@ class CriticConfig(_Strict):
     lr: float = Field(1e-3, gt=0, description="critic learning rate (separate critic)")
     vf_coef: float = Field(0.5, ge=0, description="value-loss weight in the joint loss (shared critic)")
     cliprange_value: Optional[float] = Field(0.5, gt=0, description="value clipping around the old values (None: off)")
-    lam: Optional[float] = Field(
-        None, ge=0, le=1, description="GAE lambda of the critic targets (None: the actor's; 1.0: VC-PPO)")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount of the critic's GAE targets")
+    lam: float = Field(
+        0.95, ge=0, le=1, description="GAE lambda of the critic's targets (VC-PPO decouples it from the actor's: 1.0)")
+    egae: bool = Field(
+        False, description="T-PPO EGAE targets: a truncated row bootstraps from its last value, and the critic "
+                           "learns from finished rows only")
     pretrain_steps: int = Field(0, ge=0, description="VC-PPO value pretraining steps on the fixed initial policy")
 
 
@@ -126,10 +170,8 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many non-finite steps in a row")
-    domain_weights: Optional[dict[str, float]] = Field(
-        None, description="adaptive domain sampling (Apriel): target share per domain, the domain of a prompt "
-                          "being meta[domain_key]; None: uniform over the training prompts")
-    domain_key: str = Field("domain", description="prompt meta field naming its domain (arith: 'level')")
+    sampler: SamplerSpec = Field(
+        default_factory=SamplerSpec, description="how training prompts are drawn (uniform epochs by default)")
 
 
 class CheckpointConfig(_Strict):
@@ -152,7 +194,8 @@ class EvalConfig(_Strict):
 class RunConfig(_Strict):
     """A full run: model, task, rewards, rollout, algorithm parts, optimisation, logging."""
 
-    name: str = "run"
+    name: str = Field("run", description="run name (the default run directory starts with it)")
+    trainer: str = Field("online", description="registered trainer step the run loop calls (online RL)")
     imports: list[str] = Field(
         default_factory=list,
         description="Python modules or .py files imported before validation, to register custom parts",
@@ -181,7 +224,10 @@ class RunConfig(_Strict):
     def _check_parts(self) -> "RunConfig":
         checks = [
             (("task", "name"), self.task.name, TASKS),
+            (("trainer",), self.trainer, TRAINERS),
             (("rollout", "engine"), self.rollout.engine, ENGINES),
+            (("rollout", "eval_engine"), self.rollout.eval_engine, ENGINES),
+            (("train", "sampler", "name"), self.train.sampler.name, SAMPLERS),
             (("algo", "advantage"), self.algo.advantage, ADVANTAGES),
             (("algo", "policy_loss"), self.algo.policy_loss, POLICY_LOSSES),
             (("algo", "loss_agg"), self.algo.loss_agg, AGGREGATIONS),
@@ -189,7 +235,9 @@ class RunConfig(_Strict):
             (("accuracy_reward",), self.accuracy_reward, REWARDS),
         ] + [(("rewards", i, "name"), r.name, REWARDS) for i, r in enumerate(self.rewards)] \
           + [(("algo", "selection", i, "name"), s.name, SELECTIONS) for i, s in enumerate(self.algo.selection)] \
-          + [(("shaping", i, "name"), s.name, SHAPINGS) for i, s in enumerate(self.shaping)]
+          + [(("shaping", i, "name"), s.name, SHAPINGS) for i, s in enumerate(self.shaping)] \
+          + [(("algo", "group_filters", i, "name"), f.name, GROUP_FILTERS) for i, f in enumerate(self.algo.group_filters)] \
+          + ([(("rollout", "env", "name"), self.rollout.env.name, ENVIRONMENTS)] if self.rollout.env else [])
         for loc, value, registry in checks:
             if value not in registry:
                 close = closest(value, registry.names())
@@ -200,15 +248,32 @@ class RunConfig(_Strict):
         a = self.algo
         _check_kwargs(("algo", "advantage_kwargs"), "advantage estimator", a.advantage, ADVANTAGES.get(a.advantage),
                       a.advantage_kwargs, n_positional=3)
-        _check_kwargs(("algo", "policy_loss_kwargs"), "policy loss", a.policy_loss, POLICY_LOSSES.get(a.policy_loss),
+        loss_fn = POLICY_LOSSES.get(a.policy_loss)
+        _check_kwargs(("algo", "policy_loss_kwargs"), "policy loss", a.policy_loss, loss_fn,
                       a.policy_loss_kwargs, n_positional=4)
+        for key in CLIP_FIELDS:
+            if getattr(a, key) is None:
+                continue
+            if key in a.policy_loss_kwargs:
+                raise LocatedValueError(("algo", key), f"{key} is set both as algo.{key} and in "
+                                                       "algo.policy_loss_kwargs; set it once")
+            _check_kwargs(("algo",), "policy loss", a.policy_loss, loss_fn, {key: getattr(a, key)}, n_positional=4)
+        for i, spec in enumerate(a.group_filters):
+            _check_kwargs(("algo", "group_filters", i, "kwargs"), "group filter", spec.name,
+                          GROUP_FILTERS.get(spec.name), spec.kwargs, n_positional=1)
+        _check_kwargs(("train", "sampler", "kwargs"), "prompt sampler", self.train.sampler.name,
+                      SAMPLERS.get(self.train.sampler.name), self.train.sampler.kwargs, n_positional=1,
+                      reserved=("seed",))
+        if self.rollout.env is not None:
+            _check_kwargs(("rollout", "env", "kwargs"), "environment", self.rollout.env.name,
+                          ENVIRONMENTS.get(self.rollout.env.name), self.rollout.env.kwargs, n_positional=0)
         for i, spec in enumerate(a.selection):
             _check_kwargs(("algo", "selection", i, "kwargs"), "selection part", spec.name, SELECTIONS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("generator",))
-        if self.rollout.engine_kwargs:
-            _check_kwargs(("rollout", "engine_kwargs"), "rollout engine", self.rollout.engine,
-                          ENGINES.get(self.rollout.engine), self.rollout.engine_kwargs, n_positional=2,
-                          reserved=("verifier",))
+        for key in ("engine", "eval_engine"):
+            _check_kwargs(("rollout", f"{key}_kwargs"), "rollout engine", getattr(self.rollout, key),
+                          ENGINES.get(getattr(self.rollout, key)), getattr(self.rollout, f"{key}_kwargs"),
+                          n_positional=1)
         for i, spec in enumerate(self.shaping):
             _check_kwargs(("shaping", i, "kwargs"), "reward-shaping part", spec.name, SHAPINGS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("state",))

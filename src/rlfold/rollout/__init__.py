@@ -1,7 +1,10 @@
-"""Rollout layer: sampling parameters and generation engines (token in, token out)."""
+"""Rollout layer: the engine contract, sampling parameters, engines and the multi-turn engine (token in, token out)."""
 
-from rlfold.rollout.hf_engine import ENGINES, HFEngine, sequence_logprobs
-from rlfold.rollout.multi_attempt import MultiAttemptBatch, MultiAttemptEngine
+from rlfold.rollout.base import Engine, EngineContext, GenerationRequest, requests_for
+from rlfold.rollout.build import build_engine, build_eval_engine
+from rlfold.rollout.hf_engine import ENGINES, HFEngine
+from rlfold.rollout.multi_turn import MultiTurnEngine
 from rlfold.rollout.sampling import SamplingParams, process_logits
 
-__all__ = ["ENGINES", "HFEngine", "MultiAttemptBatch", "MultiAttemptEngine", "SamplingParams", "process_logits", "sequence_logprobs"]
+__all__ = ["ENGINES", "Engine", "EngineContext", "GenerationRequest", "HFEngine", "MultiTurnEngine",
+           "SamplingParams", "build_engine", "build_eval_engine", "process_logits", "requests_for"]

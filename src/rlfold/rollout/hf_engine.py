@@ -2,69 +2,43 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+from typing import Iterable, Literal, Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlfold.core.errors import ConfigError, DataError
 from rlfold.core import registry
+from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.masked import positions_from_mask as _positions
+from rlfold.core.seeding import generator_for
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
+from rlfold.models.logprobs import model_device as _device
+from rlfold.rollout.base import EngineContext, GenerationRequest
 from rlfold.rollout.sampling import SamplingParams, process_logits
 
 ENGINES = registry.ENGINES
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - a model without parameters
-        return torch.device("cpu")
-
-
-def sequence_logprobs(
-    model: torch.nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    *,
-    with_entropy: bool = False,
-    response_attention_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs ``[N, R]`` (float32) of the response tokens under ``model``, and optionally the
-    per-token entropy of the plain policy; one forward over prompt + response, gradients flow.
-
-    Positions where ``response_mask`` is 0 are set to 0 in both outputs. ``response_attention_mask``
-    (default: ``response_mask``) says which response tokens are attended to, e.g. tool output or
-    feedback the model did not produce but sees.
-    """
-    device = _device(model)
-    n_prompt = prompt_ids.shape[1]
-    n_resp = response_ids.shape[1]
-    ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
-    resp_mask = response_mask.to(device)
-    attend = resp_mask if response_attention_mask is None else response_attention_mask.to(device)
-    mask = torch.cat([prompt_mask.to(device), attend], dim=1).long()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
-    logits = out.logits[:, n_prompt - 1 : n_prompt + n_resp - 1].float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    keep = resp_mask.bool()
-    logprobs = logp_all.gather(-1, ids[:, n_prompt:].unsqueeze(-1)).squeeze(-1)
-    logprobs = logprobs.masked_fill(~keep, 0.0)
-    entropy = None
-    if with_entropy:
-        entropy = -(logp_all.exp() * logp_all).sum(-1).masked_fill(~keep, 0.0)
-    return logprobs, entropy
-
-
 @ENGINES.register("hf")
 class HFEngine:
-    """Generates with a ``transformers`` causal LM in this process (CPU or one GPU)."""
+    """Generates with a ``transformers`` causal LM in this process (CPU or one GPU).
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    ``weights="shared"`` (default) samples with the trainer's own module, so new weights are there at
+    once and the engine's log-probs are the trainer's. ``weights="copy"`` samples with a private copy
+    that changes only through ``update_weights``, as an engine in another process would (vLLM): the
+    trainer then recomputes old log-probs, and ``tis`` can compare both.
+    """
+
+    def __init__(self, ctx: EngineContext, *, weights: Literal["shared", "copy"] = "shared") -> None:
+        if weights not in ("shared", "copy"):
+            raise ConfigError(f"hf engine: weights must be 'shared' or 'copy', got {weights!r}")
+        self.shares_weights = weights == "shared"
+        model = ctx.model
+        if not self.shares_weights:
+            model = copy.deepcopy(model).eval().requires_grad_(False)
         self.model = model
+        tokenizer = ctx.tokenizer
         self.tokenizer = tokenizer
         pad = tokenizer.pad_token_id
         if pad is None:
@@ -78,14 +52,47 @@ class HFEngine:
         except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
             self._keep_arg = False
 
+    # ------------------------------------------------------------ weights, memory
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None:
+        """Copy new weights into the engine's module (nothing to do when it shares the trainer's).
+
+        Tensors are copied one at a time as they arrive, so ``streamed`` iterators need no buffer."""
+        if self.shares_weights:
+            return
+        own = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in own:
+                    raise ConfigError(f"hf engine: update_weights got {name!r}, which the engine's model does not "
+                                      f"have (it has e.g. {', '.join(list(own)[:3])})")
+                own[name].copy_(tensor.detach().to(own[name].device, own[name].dtype))
+
+    def sleep(self) -> None:
+        """Nothing to release: an in-process module keeps its memory."""
+
+    def wake(self) -> None:
+        """Nothing to retake (see ``sleep``)."""
+
     # ------------------------------------------------------------------ helpers
-    def _encode(self, prompts: list[str], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, request: GenerationRequest, index: int = 0) -> list[int]:
+        """The prompt token ids of ``request`` (context ids, chat template, or the prompt text)."""
+        if request.context_ids is not None:
+            ids = list(request.context_ids)
+        elif request.messages is not None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise DataError(f"HFEngine.generate: request {index} carries chat messages but the tokenizer has no "
+                                "chat template")
+            ids = list(self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True))
+        else:
+            ids = list(self.tokenizer(request.prompt.text, add_special_tokens=True)["input_ids"])
+        if len(ids) == 0:
+            raise DataError(f"HFEngine.generate: prompt {index} ({request.prompt.text!r}) tokenizes to no tokens")
+        return ids
+
+    def _encode(self, requests: Sequence[GenerationRequest], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows: list[list[int]] = []
-        for i, text in enumerate(prompts):
-            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-            if len(ids) == 0:
-                raise DataError(f"HFEngine.generate: prompt {i} ({text!r}) tokenizes to no tokens")
-            rows.extend([list(ids)] * n)
+        for i, req in enumerate(requests):
+            rows.extend([self.encode(req, i)] * n)
         width = max(len(r) for r in rows)
         prompt_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         prompt_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -105,21 +112,19 @@ class HFEngine:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # --------------------------------------------------------------- generation
-    def generate(
-        self,
-        prompts: list[str],
-        params: SamplingParams,
-        generator: torch.Generator | None = None,
-    ) -> RolloutBatch:
-        """Sample ``params.n`` responses per prompt; rows are ``[p0 s0, p0 s1, ..., p1 s0, ...]``."""
-        if not prompts:
-            raise DataError("HFEngine.generate: got an empty list of prompts")
-        prompt_ids, prompt_mask = self._encode(list(prompts), params.n)
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams, seed: int) -> RolloutBatch:
+        """Sample ``params.n`` responses per request; rows are ``[r0 s0, r0 s1, ..., r1 s0, ...]``."""
+        if not requests:
+            raise DataError("HFEngine.generate: got an empty list of requests")
+        prompt_ids, prompt_mask = self._encode(requests, params.n)
+        limits = [min(r.max_new_tokens or params.max_new_tokens, params.max_new_tokens)
+                  for r in requests for _ in range(params.n)]
+        generator = None if params.greedy else generator_for(seed)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                cols = self._sample(prompt_ids, prompt_mask, params, generator)
+                cols = self._sample(prompt_ids, prompt_mask, params, generator, limits)
         finally:
             self.model.train(was_training)
         tokens, token_mask, sample_lp, policy_lp, entropy, reasons = cols
@@ -142,12 +147,10 @@ class HFEngine:
             entropy=entropy,
         )
 
-    def _sample(self, prompt_ids, prompt_mask, params: SamplingParams, generator):
+    def _sample(self, prompt_ids, prompt_mask, params: SamplingParams, generator, limits: list[int]):
         device = _device(self.model)
         n_rows = prompt_ids.shape[0]
-        if generator is None and params.seed is not None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(params.seed)
+        limit_t = torch.tensor(limits, dtype=torch.long, device=device)
         stop_ids = set(params.stop_token_ids)
         if self.eos_id is not None and not params.ignore_eos:
             stop_ids.add(int(self.eos_id))
@@ -196,7 +199,7 @@ class HFEngine:
                         finished_now[i] = True
             for i in torch.nonzero(finished_now).flatten().tolist():
                 reasons[i] = FINISH_STOP
-            active = active & ~finished_now
+            active = active & ~finished_now & (limit_t > step + 1)  # a row's own limit: finish "length"
             if not bool(active.any()):
                 break
 

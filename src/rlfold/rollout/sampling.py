@@ -19,7 +19,6 @@ class SamplingParams(BaseModel):
     stop_token_ids: list[int] = Field(default_factory=list, description="extra stop tokens (eos stops too)")
     ignore_eos: bool = Field(False, description="keep sampling past eos (benchmarks at a fixed length)")
     stop_strings: list[str] = Field(default_factory=list, description="stop once the response text contains one")
-    seed: int | None = Field(None, description="seed of the sampling generator when none is passed")
 
     @property
     def greedy(self) -> bool:

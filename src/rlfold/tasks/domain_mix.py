@@ -2,8 +2,9 @@
 
 :class:`DomainWeightedSampler` picks a domain so that the mix of *completed* rollouts follows the target
 ratios; :class:`DomainMixSampler` draws prompts with it and has the interface of
-:class:`rlfold.trainers.data.PromptSampler` (``next(n)``, ``state_dict``, ``load_state_dict``), plus
-``record_completed(prompts)`` for the trainer to report finished rollouts.
+:class:`rlfold.tasks.sampling.PromptSampler` (``next(n)``, ``on_completed(prompts)`` for finished
+rollouts, ``metrics()``, ``state_dict``, ``load_state_dict``). ``domain_mix`` in the sampler registry
+builds it from the training prompts, the domain of a prompt being ``meta[key]``.
 
 Both are deterministic given the seed and resumable: every random draw k uses its own generator
 seeded from (seed, k), so the saved state is only integer counters (JSON- and torch-serialisable).
@@ -17,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rlfold.core.types import Prompt
-from rlfold.trainers.data import PromptSampler
+from rlfold.core.errors import ConfigError
+from rlfold.core.registry import SAMPLERS
+from rlfold.tasks.sampling import PromptSampler
 
 
 def _uniform(seed: int, k: int, tag: str) -> float:
@@ -173,8 +176,16 @@ class DomainMixSampler:
         for p in prompts:
             self.domain_sampler.record(self.domain_of(p))
 
+    def on_completed(self, prompts: Sequence[Prompt]) -> None:
+        """Sampler protocol: rollouts of ``prompts`` (one entry per rollout) came back."""
+        self.record_completed(prompts)
+
     def probabilities(self) -> dict[str, float]:
         return self.domain_sampler.probabilities()
+
+    def metrics(self) -> dict[str, float]:
+        """``sampling/domain_p/<domain>``: the current probability of drawing each domain."""
+        return {f"sampling/domain_p/{d}": p for d, p in self.probabilities().items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"domains": self.domain_sampler.state_dict(),
@@ -189,4 +200,28 @@ class DomainMixSampler:
             s.load_state_dict(state["per_domain"][d])
 
 
-__all__ = ["DomainMixSampler", "DomainWeightedSampler"]
+@SAMPLERS.register("domain_mix")
+def domain_mix(prompts: Sequence[Prompt], *, seed: int, weights: Mapping[str, float], key: str = "domain",
+               warmup: int = 50, clip: Sequence[float] = (0.1, 10.0)) -> DomainMixSampler:
+    """Adaptive domain sampling of Apriel-Reasoner (arXiv 2604.02007): target share ``weights`` per domain.
+
+    The domain of a prompt is ``str(prompt.meta[key])`` (arith: ``level``); every domain with
+    prompts needs a weight and every weight a domain.
+    """
+    by_domain: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        if key not in p.meta:
+            raise ConfigError(f"sampler domain_mix: prompt {p.text[:60]!r} has no meta[{key!r}]; set "
+                              "train.sampler.kwargs.key to the field that names the domain")
+        by_domain.setdefault(str(p.meta[key]), []).append(p)
+    weights = {str(d): float(w) for d, w in weights.items()}
+    missing = sorted(set(weights) - set(by_domain))
+    extra = sorted(set(by_domain) - set(weights))
+    if missing or extra:
+        raise ConfigError(f"sampler domain_mix: weights name domains {sorted(weights)}, the training prompts "
+                          f"have {sorted(by_domain)} (by meta[{key!r}]); missing prompts for {missing}, "
+                          f"no weight for {extra}")
+    return DomainMixSampler(by_domain, weights, seed=seed, warmup=warmup, clip=clip)
+
+
+__all__ = ["DomainMixSampler", "DomainWeightedSampler", "domain_mix"]

@@ -1,4 +1,10 @@
-"""Seeded, resumable prompt sampler: one permutation per epoch, position saved in checkpoints."""
+"""Prompt samplers (the ``SAMPLERS`` registry): which training prompts each step draws.
+
+A sampler is built as ``factory(prompts, *, seed, **options)`` and follows the ``PromptSource``
+protocol of ``rlfold.core.contracts``: ``next(n)``, ``on_completed(prompts)`` (rollouts of these
+prompts came back), ``metrics()`` and ``state_dict``/``load_state_dict``. ``uniform`` (the default)
+draws without replacement within seeded epochs.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,13 @@ from typing import Any, Sequence
 
 import torch
 
-from rlfold.core.errors import ConfigError
+from rlfold.core.registry import SAMPLERS
 from rlfold.core.types import Prompt
 
 
+@SAMPLERS.register("uniform")
 class PromptSampler:
-    """Draws prompts without replacement within an epoch; ``state_dict`` captures the exact position."""
+    """Uniform epochs: draws prompts without replacement within an epoch (the usual RL data loader)."""
 
     def __init__(self, prompts: Sequence[Prompt], seed: int) -> None:
         self.prompts = list(prompts)
@@ -36,6 +43,12 @@ class PromptSampler:
             self.position += take
         return out
 
+    def on_completed(self, prompts: Sequence[Prompt]) -> None:
+        """Uniform sampling does not depend on which rollouts came back."""
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "size": len(self.prompts)}
 
@@ -47,26 +60,3 @@ class PromptSampler:
             )
         self.epoch, self.position = state["epoch"], state["position"]
         self._order = self._permutation(self.epoch)
-
-
-def make_prompt_sampler(prompts: list[Prompt], cfg) -> Any:
-    """The run's prompt sampler: uniform epochs, or Apriel's adaptive domain mix when
-    ``train.domain_weights`` is set (domains read from ``prompt.meta[train.domain_key]``)."""
-    tc = cfg.train
-    if not tc.domain_weights:
-        return PromptSampler(prompts, cfg.seed)
-    from rlfold.trainers.domain_sampling import DomainMixSampler
-
-    by_domain: dict[str, list[Prompt]] = {}
-    for p in prompts:
-        if tc.domain_key not in p.meta:
-            raise ConfigError(f"train.domain_weights is set but prompt {p.text[:60]!r} has no meta[{tc.domain_key!r}]; "
-                              "set train.domain_key to the field that names the domain")
-        by_domain.setdefault(str(p.meta[tc.domain_key]), []).append(p)
-    missing = sorted(set(tc.domain_weights) - set(by_domain))
-    extra = sorted(set(by_domain) - set(tc.domain_weights))
-    if missing or extra:
-        raise ConfigError(f"train.domain_weights names domains {sorted(tc.domain_weights)}, the training prompts "
-                          f"have {sorted(by_domain)} (by meta[{tc.domain_key!r}]); missing prompts for {missing}, "
-                          f"no weight for {extra}")
-    return DomainMixSampler(by_domain, tc.domain_weights, seed=cfg.seed)

@@ -1,1 +1,3 @@
-"""Trainers: the online RL loop and supervised fine-tuning."""
+"""Trainers: the shared run loop and the steps it runs (``TRAINERS``: online RL); supervised fine-tuning."""
+
+from rlfold.trainers import online as _online  # noqa: F401  (registers the "online" trainer)

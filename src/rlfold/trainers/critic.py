@@ -5,15 +5,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from rlfold.algos.aggregation import Aggregation
 from rlfold.algos.critic import clipped_value_loss, explained_variance
 from rlfold.algos.token_advantages import gae_targets
-from rlfold.core.config import RunConfig
+from rlfold.core.config import CriticConfig, ModelConfig, TrainConfig
 from rlfold.core.masked import masked_mean
 from rlfold.core.types import RolloutBatch
 from rlfold.models import disable_dropout
@@ -25,23 +26,20 @@ class Critic:
     """A value model with its own optimiser (``critic.model: separate``), or a value head on the
     policy backbone trained through the policy's joint loss (``critic.model: shared``)."""
 
-    def __init__(self, cfg: RunConfig, policy: torch.nn.Module, dtype: torch.dtype) -> None:
-        cc = cfg.critic
-        self.cfg = cfg
+    def __init__(self, cc: CriticConfig, train: TrainConfig, model_cfg: ModelConfig, policy: torch.nn.Module,
+                 dtype: torch.dtype) -> None:
+        self.cc, self.train = cc, train
         self.shared = cc.model == "shared"
         if self.shared:
             self.model = ValueModel(policy.base_model, policy.config.hidden_size).to(dtype)
             self.optimizer = None
         else:
-            self.model = load_value_model(cc.path or cfg.model.path, dtype)
-            if cfg.model.disable_dropout:
+            self.model = load_value_model(cc.path or model_cfg.path, dtype)
+            if model_cfg.disable_dropout:
                 disable_dropout(self.model)
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cc.lr, betas=cfg.train.betas,
-                                               weight_decay=cfg.train.weight_decay)
-        kw = cfg.algo.advantage_kwargs
-        self.gamma = float(kw.get("gamma", 1.0))
-        self.lam = float(cc.lam if cc.lam is not None else kw.get("lam", 1.0))
-        self.egae = bool(kw.get("egae", False))
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cc.lr, betas=train.betas,
+                                               weight_decay=train.weight_decay)
+        self.gamma, self.lam, self.egae = cc.gamma, cc.lam, cc.egae
         self._head_optimizer: torch.optim.Optimizer | None = None  # value pretraining of a shared critic
 
     def head_parameters(self) -> list[torch.nn.Parameter]:
@@ -69,7 +67,7 @@ class Critic:
 
     def loss(self, values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, agg: Aggregation,
              norm: float) -> tuple[Tensor, dict[str, Tensor]]:
-        per_token, metrics = clipped_value_loss(values, old_values, returns, mask, clip=self.cfg.critic.cliprange_value)
+        per_token, metrics = clipped_value_loss(values, old_values, returns, mask, clip=self.cc.cliprange_value)
         return agg.reduce(per_token, mask, norm), metrics
 
     def update(self, roll: RolloutBatch, mask: Tensor, old_values: Tensor, returns: Tensor, agg: Aggregation,
@@ -86,9 +84,8 @@ class Critic:
             return self._fit(self.optimizer, list(self.model.parameters()), roll, mask, old_values, returns, agg,
                              max_len, epochs)
         if self._head_optimizer is None:
-            self._head_optimizer = torch.optim.AdamW(self.model.head.parameters(), lr=self.cfg.critic.lr,
-                                                     betas=self.cfg.train.betas,
-                                                     weight_decay=self.cfg.train.weight_decay)
+            self._head_optimizer = torch.optim.AdamW(self.model.head.parameters(), lr=self.cc.lr,
+                                                     betas=self.train.betas, weight_decay=self.train.weight_decay)
         frozen = [p for p in self.model.backbone.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
@@ -102,7 +99,7 @@ class Critic:
     def _fit(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], roll: RolloutBatch,
              mask: Tensor, old_values: Tensor, returns: Tensor, agg: Aggregation, max_len: int | None,
              epochs: int | None) -> dict[str, float]:
-        tc = self.cfg.train
+        tc = self.train
         self.model.train()
         totals: dict[str, list[float]] = defaultdict(list)
         for _ in range(epochs or tc.ppo_epochs):
@@ -138,6 +135,34 @@ class Critic:
         optimizer.zero_grad(set_to_none=True)
         self.model.eval()
         return {k: sum(v) / len(v) for k, v in totals.items() if v}
+
+    def value_mask(self, mask: Tensor, truncated: Tensor) -> Tensor:
+        """Tokens the critic learns from: all valid ones, or with EGAE (T-PPO) finished rows only."""
+        value_mask = mask.float()
+        if self.egae:
+            value_mask = value_mask * (~truncated).float()[:, None]
+        return value_mask
+
+    def pretrain(self, sample: Callable[[int], Any], steps: int, agg: Aggregation, max_len: int | None,
+                 progress: bool) -> dict[str, float]:
+        """VC-PPO value pretraining (arXiv 2503.01491): fit the critic to Monte-Carlo returns (lambda = 1)
+        of the fixed initial policy for ``steps`` batches (``sample(i)`` collects batch i) before any
+        policy update; a shared critic trains its head only (the backbone is the policy)."""
+        first: dict[str, float] = {}
+        last: dict[str, float] = {}
+        bar = tqdm(range(steps), desc="value pretraining", disable=not progress, dynamic_ncols=True, leave=False)
+        for i in bar:
+            s = sample(i)
+            mask = s.roll.response_mask
+            values = self.values(s.roll)
+            returns = self.targets(s.token_rewards, values, mask, s.roll.truncated, lam=1.0)
+            ev = value_metrics(values, returns, mask)["critic/vf_explained_var"]
+            upd = self.update(s.roll, mask.float(), values, returns, agg, max_len, head_only=self.shared)
+            last = {"critic/pretrain/value_loss": upd.get("critic/value_loss", float("nan")),
+                    "critic/pretrain/vf_explained_var": ev}
+            first = first or dict(last)
+            bar.set_postfix(value_loss=f"{last['critic/pretrain/value_loss']:.4f}")
+        return {**{f"{k}_first": v for k, v in first.items()}, **last}
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"head": self.model.head.state_dict()}

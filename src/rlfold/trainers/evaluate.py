@@ -7,10 +7,10 @@ from typing import Sequence
 
 import torch
 
-from rlfold.core.seeding import derive_seed, generator_for
+from rlfold.core.seeding import derive_seed
 from rlfold.core.types import Prompt
 from rlfold.rewards import score_batch
-from rlfold.rollout import SamplingParams
+from rlfold.rollout import SamplingParams, requests_for
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -35,11 +35,11 @@ def evaluate(
     sampled = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=k)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        roll = engine.generate([p.text for p in chunk], greedy, generator=generator_for(derive_seed(seed, "eval", start, 0)))
+        roll = engine.generate(requests_for(chunk), greedy, derive_seed(seed, "eval", start, 0))
         scores, _ = score_batch([(reward, 1.0)], chunk, roll.response_texts, roll.finish_reasons)
         correct += float(scores.sum())
         lengths += float(roll.response_mask.sum())
-        roll = engine.generate([p.text for p in chunk], sampled, generator=generator_for(derive_seed(seed, "eval", start, 1)))
+        roll = engine.generate(requests_for(chunk), sampled, derive_seed(seed, "eval", start, 1))
         reps = [p for p in chunk for _ in range(k)]
         scores, _ = score_batch([(reward, 1.0)], reps, roll.response_texts, roll.finish_reasons)
         for c in (scores.view(len(chunk), k) > 0.5).sum(1).tolist():

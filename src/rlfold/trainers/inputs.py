@@ -1,7 +1,8 @@
-"""Batch inputs the trainer supplies to parts that declare them with ``@needs`` (values, baselines, ...).
+"""Batch inputs supplied to parts that declare them with ``@needs`` (values, baselines, ...).
 
-A provider is ``fn(trainer, ctx) -> Tensor``. Registering a new provider here (or from a user's
-``imports`` module) makes a new input available to every part without touching the trainer loop.
+A provider is ``fn(ctx: StepContext) -> Tensor``, registered in ``INPUTS`` under the input's name.
+Registering one (here or from a user's ``imports`` module) makes a new input available to every part
+without touching the online step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from rlfold.core.groups import first_rows
 from rlfold.core.registry import Registry
 from rlfold.core.types import Prompt, RolloutBatch
 
@@ -20,55 +22,61 @@ INPUTS: Registry = Registry("trainer input")
 
 @dataclass
 class StepContext:
-    """What one step has produced so far, for the input providers."""
+    """What one step has produced so far, and the step's collaborators, for the input providers."""
 
+    step: int
     prompts: list[Prompt]         # [N] prompt of each row
     roll: RolloutBatch
     scores: Tensor                # [N] weighted reward sum
     rewards: Tensor               # [N] scores minus the in-reward KL (if any)
     token_rewards: Tensor         # [N, R]
     group_ids: Tensor             # [N]
+    collector: Any = None         # the step's RolloutCollector (more rollouts: ReMax's greedy baseline)
+    critic: Any = None            # the step's Critic, if the recipe has one
     cache: dict[str, Any] = field(default_factory=dict)
 
 
-Provider = Callable[[Any, StepContext], Tensor]
+Provider = Callable[[StepContext], Tensor]
 
 
 @INPUTS.register("token_rewards")
-def _token_rewards(trainer: Any, ctx: StepContext) -> Tensor:
+def _token_rewards(ctx: StepContext) -> Tensor:
     return ctx.token_rewards
 
 
 @INPUTS.register("truncated")
-def _truncated(trainer: Any, ctx: StepContext) -> Tensor:
+def _truncated(ctx: StepContext) -> Tensor:
     return ctx.roll.truncated
 
 
 @INPUTS.register("values")
-def _values(trainer: Any, ctx: StepContext) -> Tensor:
-    if trainer.critic is None:
-        raise RuntimeError("the advantage part needs 'values' but the run has no critic")
+def _values(ctx: StepContext) -> Tensor:
+    """V(s_t) of the run's critic at every response position."""
+    if ctx.critic is None:
+        raise RuntimeError("a part needs 'values' but the run has no critic")
     if "values" not in ctx.cache:
-        ctx.cache["values"] = trainer.critic.values(ctx.roll)
+        ctx.cache["values"] = ctx.critic.values(ctx.roll)
     return ctx.cache["values"]
 
 
 @INPUTS.register("baseline_rewards")
-def _greedy_baseline(trainer: Any, ctx: StepContext) -> Tensor:
-    """ReMax baseline: the reward of one greedy response per prompt, broadcast to the prompt's rows."""
+def _greedy_baseline(ctx: StepContext) -> Tensor:
+    """ReMax baseline (arXiv 2310.10505): the reward of one greedy response per prompt, broadcast to its rows."""
     if "baseline_rewards" not in ctx.cache:
-        ctx.cache["baseline_rewards"] = trainer.greedy_rewards(ctx.prompts, ctx.group_ids)
+        firsts = first_rows(ctx.group_ids)
+        uniq = [ctx.prompts[i] for i in firsts.tolist()]
+        greedy = ctx.collector.params.model_copy(update={"temperature": 0.0, "n": 1})
+        _, scored = ctx.collector.generate_and_score(uniq, greedy, torch.arange(len(uniq)), ctx.step,
+                                                     "baseline", ctx.step)
+        by_group = dict(zip(ctx.group_ids[firsts].tolist(), scored.scores.tolist()))
+        ctx.cache["baseline_rewards"] = torch.tensor([by_group[g] for g in ctx.group_ids.tolist()],
+                                                     dtype=torch.float32)
     return ctx.cache["baseline_rewards"]
 
 
-def provide(names: tuple[str, ...], trainer: Any, ctx: StepContext) -> dict[str, Tensor]:
+def provide(names: tuple[str, ...], ctx: StepContext) -> dict[str, Tensor]:
     """The named inputs, each from its registered provider."""
-    return {name: INPUTS.get(name)(trainer, ctx) for name in names}
+    return {name: INPUTS.get(name)(ctx) for name in names}
 
 
-def first_rows(group_ids: Tensor) -> Tensor:
-    """Index of the first row of each group, in group order of first appearance."""
-    seen: dict[int, int] = {}
-    for i, g in enumerate(group_ids.tolist()):
-        seen.setdefault(g, i)
-    return torch.tensor(list(seen.values()), dtype=torch.long)
+__all__ = ["INPUTS", "Provider", "StepContext", "provide"]

@@ -66,7 +66,7 @@ def _nanmean(x: torch.Tensor) -> float:
 def rollout_metrics(
     roll: RolloutBatch, rewards: torch.Tensor, per_fn: dict[str, torch.Tensor], n: int, accuracy_reward: str
 ) -> dict[str, float]:
-    """Reward, accuracy and length statistics of one step's rollouts (DESIGN.md metric names)."""
+    """Reward, accuracy and length statistics of one step's rollouts (the metric names of verl and TRL)."""
     lengths = roll.response_mask.sum(1).float()
     groups = rewards.view(-1, n)
     return {
@@ -79,7 +79,22 @@ def rollout_metrics(
         "response_length/max": lengths.max().item(),
         "response_length/min": lengths.min().item(),
         "response_length/clip_ratio": sum(f == FINISH_LENGTH for f in roll.finish_reasons) / roll.size,
+        **extras_metrics(roll),
     }
+
+
+def extras_metrics(roll: RolloutBatch) -> dict[str, float]:
+    """``<key>/mean`` of every numeric per-row extra an engine added (``turns/mean``, ``env/attempts/mean``)."""
+    out: dict[str, float] = {}
+    for key, values in roll.extras.items():
+        t = values if isinstance(values, torch.Tensor) else None
+        if t is None:
+            if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                continue
+            t = torch.tensor(values, dtype=torch.float64)
+        if t.dim() == 1 and t.numel():
+            out[f"{key}/mean"] = float(t.double().mean())
+    return out
 
 
 SUMMARY_KEYS = (

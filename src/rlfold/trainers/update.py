@@ -1,14 +1,20 @@
-"""Policy update: epochs x mini-batches x micro-batches with normalisers fixed per optimiser step.
+"""The update stage: epochs x mini-batches x micro-batches over a prepared batch, normalisers fixed per
+optimiser step.
 
 The loss of a micro-batch is a sum of *terms* (policy loss, KL, entropy bonus, value loss of a
 shared critic), each aggregated with the normaliser fixed for the whole mini-batch, so gradient
 accumulation never changes the gradient. Terms that need their own forward over different data
 (the SFT loss on demonstrations) run once per mini-batch.
+
+The normaliser is a tensor that goes through ``reduce`` before use: the identity in one process;
+under data parallelism, where each rank holds a shard of the mini-batch, an all-reduce SUM of the
+counts (an aggregation whose normaliser is a constant is never reduced). Everything else this stage
+computes is local to the rows it holds; statistics over the whole batch (advantages, selection) were
+computed by the driver stage before the batch was prepared.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,7 +27,7 @@ from transformers import PreTrainedModel
 from rlfold.algos.aggregation import Aggregation
 from rlfold.core.masked import masked_sum
 from rlfold.core.types import Prompt, RolloutBatch
-from rlfold.rollout.hf_engine import sequence_logprobs
+from rlfold.models.logprobs import sequence_logprobs
 
 
 @dataclass
@@ -43,6 +49,7 @@ class PreparedBatch:
     ref_logprobs: Tensor | None = None    # [N, R] reference log-probs (KL in the loss)
     old_values: Tensor | None = None      # [N, R] critic values before the update (shared critic)
     returns: Tensor | None = None         # [N, R] critic targets (shared critic)
+    rows: Tensor | None = None            # [N] index of each prepared row in the collected batch
 
     @property
     def size(self) -> int:
@@ -56,7 +63,7 @@ class MicroBatch:
     rows: Tensor
     roll: RolloutBatch          # the rows, response columns trimmed to the longest response
     mask: Tensor                # [n, r] float loss mask
-    norm: float                 # aggregation normaliser of the whole mini-batch
+    norm: Tensor                # aggregation normaliser of the whole mini-batch (0-d, after the reduction)
     logprobs: Tensor            # [n, r] with gradient
     entropy: Tensor             # [n, r] with gradient
     columns: int                # number of response columns kept
@@ -73,12 +80,20 @@ class LossTerm(Protocol):
     def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]: ...
 
 
-def accepted_kwargs(fn: Callable, candidates: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``candidates`` that ``fn`` declares as keyword parameters."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(candidates)
-    return {k: v for k, v in candidates.items() if k in params}
+Reduce = Callable[[Tensor], Tensor]
+
+
+def local_reduce(t: Tensor) -> Tensor:
+    """The reduction of a single process: the counts are already global."""
+    return t
+
+
+def mini_batch_normaliser(aggregation: Aggregation, mask: Tensor, max_len: int | None,
+                          reduce: Reduce = local_reduce) -> Tensor:
+    """The aggregation normaliser of one optimiser mini-batch as a float32 0-d tensor, reduced across
+    data-parallel ranks when it counts rows or tokens (``aggregation.additive``)."""
+    norm = torch.tensor(aggregation.normaliser(mask, max_len), dtype=torch.float32)
+    return reduce(norm) if aggregation.additive else norm
 
 
 @dataclass
@@ -155,6 +170,7 @@ def accumulate_loss(
     terms: list[LossTerm],
     aggregation: Aggregation,
     max_len: int | None = None,
+    reduce: Reduce = local_reduce,
 ) -> tuple[dict[str, float], bool]:
     """Forward/backward over the micro-batches of mini-batch ``idx``; gradients accumulate in ``model``.
 
@@ -162,8 +178,8 @@ def accumulate_loss(
     summed micro-batch gradients equal the full-batch gradient for any ``micro_batch_size``.
     """
     mask_all = prep.loss_mask[idx].float()
-    norm = aggregation.normaliser(mask_all, max_len)
-    n_tok = max(float(mask_all.sum()), 1.0)
+    norm = mini_batch_normaliser(aggregation, mask_all, max_len, reduce)
+    n_tok = max(float(reduce(mask_all.sum())), 1.0)
     sums: dict[str, float] = defaultdict(float)
     for local in chunks(len(idx), micro_batch_size):
         rows = idx[local]
@@ -208,6 +224,7 @@ def policy_update(
     max_len: int | None = None,
     minibatch_terms: tuple[MiniBatchTerm, ...] = (),
     params: list[torch.nn.Parameter] | None = None,
+    reduce: Reduce = local_reduce,
 ) -> UpdateStats:
     """``ppo_epochs`` passes over the batch in mini-batches, one optimiser step each.
 
@@ -222,7 +239,7 @@ def policy_update(
     for _ in range(ppo_epochs):
         for idx in chunks(prep.size, mini_batch_size):
             optimizer.zero_grad(set_to_none=True)
-            sums, ok = accumulate_loss(model, prep, idx, micro_batch_size, terms, aggregation, max_len)
+            sums, ok = accumulate_loss(model, prep, idx, micro_batch_size, terms, aggregation, max_len, reduce)
             for term in minibatch_terms:
                 if not ok:
                     break

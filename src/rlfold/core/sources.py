@@ -1,0 +1,52 @@
+"""Where the parts a configuration names are defined (``rlfold recipes --source``)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from rlfold.core.registry import (
+    ADVANTAGES, AGGREGATIONS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SAMPLERS,
+    SELECTIONS, SHAPINGS, TASKS, TRAINERS, Registry,
+)
+
+
+def source_of(obj: Any) -> str:
+    """``package/module.py:line`` of a function or class (its registered object), relative to the package."""
+    target = getattr(obj, "reduce", None) if type(obj).__name__ == "Aggregation" else obj
+    target = inspect.unwrap(target) if callable(target) else target
+    try:
+        path = Path(inspect.getsourcefile(target) or "?")
+        line = inspect.getsourcelines(target)[1]
+    except (TypeError, OSError):
+        return "<unknown>"
+    parts = path.parts
+    rel = Path(*parts[parts.index("rlfold"):]) if "rlfold" in parts else path
+    return f"{rel}:{line}"
+
+
+def recipe_parts_with_sources(cfg: Any) -> list[tuple[str, str, str]]:
+    """``(role, name, module:line)`` for every registered part the configuration uses."""
+    a, r = cfg.algo, cfg.rollout
+    named: list[tuple[str, str, Registry]] = [
+        ("trainer", cfg.trainer, TRAINERS), ("task", cfg.task.name, TASKS),
+        ("sampler", cfg.train.sampler.name, SAMPLERS), ("engine", r.engine, ENGINES),
+        ("eval engine", r.eval_engine, ENGINES),
+    ]
+    if r.env is not None:
+        named.append(("environment", r.env.name, ENVIRONMENTS))
+    named += [("reward", x.name, REWARDS) for x in cfg.rewards]
+    if cfg.accuracy_reward not in {x.name for x in cfg.rewards}:
+        named.append(("accuracy reward", cfg.accuracy_reward, REWARDS))
+    named += [("shaping", x.name, SHAPINGS) for x in cfg.shaping]
+    named += [("group filter", x.name, GROUP_FILTERS) for x in a.group_filters]
+    named += [("advantage", a.advantage, ADVANTAGES), ("policy loss", a.policy_loss, POLICY_LOSSES),
+              ("aggregation", a.loss_agg, AGGREGATIONS)]
+    if a.kl_coef:
+        named.append(("kl estimator", a.kl_estimator, KL_ESTIMATORS))
+    named += [("selection", x.name, SELECTIONS) for x in a.selection]
+    return [(role, name, source_of(reg.get(name))) for role, name, reg in named]
+
+
+__all__ = ["recipe_parts_with_sources", "source_of"]

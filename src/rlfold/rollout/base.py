@@ -1,0 +1,70 @@
+"""The engine contract: what the trainer asks of any generation backend (in process, vLLM, a remote server).
+
+Four verbs. ``generate(requests, params, seed)`` samples ``params.n`` responses per request and
+returns a ``RolloutBatch`` (token ids in, token ids out); the integer ``seed`` is all the randomness
+an engine gets, so a call means the same in another process. ``update_weights(named_tensors,
+streamed)`` loads new policy weights (an engine that shares the trainer's tensors ignores it);
+``sleep()`` / ``wake()`` release and retake the engine's memory around the update of a colocated
+trainer. ``shares_weights`` says whether the engine computes with the trainer's own tensors: if not,
+the trainer recomputes old log-probs itself before the update.
+
+An engine is registered in ``ENGINES`` as a factory ``factory(ctx: EngineContext, **options)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from rlfold.core.types import Prompt, RolloutBatch
+from rlfold.rollout.sampling import SamplingParams
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt to answer. The engine encodes, in order of precedence: ``context_ids`` as given (token
+    in: a multi-turn episode continues after exactly these ids, nothing is re-tokenised), the chat
+    ``messages`` through the tokenizer's chat template, or ``prompt.text``."""
+
+    prompt: Prompt
+    messages: list[dict[str, str]] | None = None
+    context_ids: list[int] | None = None
+    max_new_tokens: int | None = None  # this request's limit, at most params.max_new_tokens
+
+
+@dataclass
+class EngineContext:
+    """What an engine factory may build from: the trainer's live policy (engines that share or copy its
+    tensors), its tokenizer, and the directory and dtype it was loaded from (engines in other processes)."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    model_path: str
+    dtype: torch.dtype
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A generation backend (see the module docstring)."""
+
+    pad_id: int
+    shares_weights: bool
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams, seed: int) -> RolloutBatch: ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+def requests_for(prompts: Sequence[Prompt]) -> list[GenerationRequest]:
+    """One plain request per prompt (its chat messages when the prompt carries ``meta["messages"]``)."""
+    return [GenerationRequest(prompt=p, messages=p.meta.get("messages") if isinstance(p.meta, dict) else None)
+            for p in prompts]
+
+
+__all__ = ["Engine", "EngineContext", "GenerationRequest", "requests_for"]

@@ -1,0 +1,142 @@
+"""The generic multi-turn engine: any ``Environment`` over any engine, token in, token out.
+
+Each row is an episode: the inner engine samples a model turn after the exact context ids so far
+(prompt, earlier turns, observations); the environment answers with an observation, which is
+tokenised on its own and appended with loss mask 0 and attention 1; the episode goes on until the
+environment says done, a turn is cut at the token limit, ``max_turns`` turns were made or the token
+budget is spent (``turn_budget="total"``: ``params.max_new_tokens`` bounds all model turns of an
+episode together; ``"per_turn"``: each turn). Nothing is re-tokenised between turns.
+
+The returned response of a row is ``turn 1 + observation 1 + turn 2 + ...``; ``response_texts``
+joins the decoded turns and the observation texts as given; ``extras`` holds ``turns`` (model turns
+per episode) and ``env/<key>`` (the environment's ``info`` summed over the episode).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal, Sequence
+
+import torch
+
+from rlfold.core.contracts import Environment
+from rlfold.core.errors import ConfigError, DataError
+from rlfold.core.seeding import derive_seed
+from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
+from rlfold.rollout.base import Engine, GenerationRequest
+from rlfold.rollout.sampling import SamplingParams
+
+
+class MultiTurnEngine:
+    """Runs ``env`` episodes over ``inner`` (see the module docstring); it follows the engine contract."""
+
+    def __init__(self, inner: Engine, tokenizer: Any, env: Environment, *, max_turns: int = 16,
+                 turn_budget: Literal["total", "per_turn"] = "total") -> None:
+        if max_turns < 1:
+            raise ConfigError(f"multi-turn engine: max_turns must be >= 1, got {max_turns}")
+        if turn_budget not in ("total", "per_turn"):
+            raise ConfigError(f"multi-turn engine: turn_budget must be 'total' or 'per_turn', got {turn_budget!r}")
+        self.inner, self.tokenizer, self.env = inner, tokenizer, env
+        self.max_turns, self.turn_budget = max_turns, turn_budget
+        self.pad_id = inner.pad_id
+        self.shares_weights = inner.shares_weights
+        self._obs_cache: dict[str, list[int]] = {}
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None:
+        self.inner.update_weights(named_tensors, streamed)
+
+    def sleep(self) -> None:
+        self.inner.sleep()
+
+    def wake(self) -> None:
+        self.inner.wake()
+
+    def _observation_ids(self, text: str) -> list[int]:
+        if text not in self._obs_cache:
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if not ids:
+                raise DataError(f"multi-turn engine: the observation {text!r} tokenizes to no tokens")
+            self._obs_cache[text] = ids
+        return self._obs_cache[text]
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams, seed: int) -> RolloutBatch:
+        """``params.n`` episodes per request; rows ``[r0 s0, r0 s1, ..., r1 s0, ...]`` as a single-turn engine's."""
+        if not requests:
+            raise DataError("multi-turn engine: got an empty list of requests")
+        n = params.n
+        first = self.inner.generate(requests, params, derive_seed(seed, "turn", 0))
+        n_rows = first.size
+        states = [self.env.reset(requests[r // n].prompt, derive_seed(seed, "episode", r // n)) for r in range(n_rows)]
+        prompt_rows = [first.prompt_ids[i, first.prompt_mask[i].bool()].tolist() for i in range(n_rows)]
+        cols: dict[str, list[list]] = {k: [[] for _ in range(n_rows)] for k in ("ids", "loss", "slp", "plp", "ent")}
+        texts = [""] * n_rows
+        used = [0] * n_rows
+        turns = [0] * n_rows
+        info: list[dict[str, float]] = [{} for _ in range(n_rows)]
+        reasons = [FINISH_LENGTH] * n_rows
+        active, batch, turn = list(range(n_rows)), first, 0
+        while active:
+            still: list[int] = []
+            for j, r in enumerate(active):
+                length = int(batch.response_mask[j].sum())
+                self._append(cols, r, batch, j, length)
+                texts[r] += batch.response_texts[j]
+                used[r] += length
+                turns[r] += 1
+                reasons[r] = batch.finish_reasons[j]
+                out = self.env.step(states[r], batch.response_texts[j], reasons[r])
+                for k, v in out.info.items():
+                    info[r][k] = info[r].get(k, 0.0) + float(v)
+                room = self.turn_budget == "per_turn" or used[r] < params.max_new_tokens
+                if out.done or reasons[r] != FINISH_STOP or turns[r] >= self.max_turns or not room:
+                    continue
+                if out.observation:
+                    obs = self._observation_ids(out.observation)
+                    cols["ids"][r] += obs
+                    cols["loss"][r] += [0] * len(obs)
+                    for k in ("slp", "plp", "ent"):
+                        cols[k][r] += [0.0] * len(obs)
+                    texts[r] += out.observation
+                still.append(r)
+            active = still
+            if not active:
+                break
+            turn += 1
+            reqs = [GenerationRequest(prompt=requests[r // n].prompt, context_ids=prompt_rows[r] + cols["ids"][r],
+                                      max_new_tokens=(params.max_new_tokens - used[r] if self.turn_budget == "total"
+                                                      else params.max_new_tokens))
+                    for r in active]
+            batch = self.inner.generate(reqs, params.model_copy(update={"n": 1}), derive_seed(seed, "turn", turn))
+        return self._batch(first, cols, texts, reasons, turns, info)
+
+    @staticmethod
+    def _append(cols: dict[str, list[list]], r: int, batch: RolloutBatch, j: int, length: int) -> None:
+        cols["ids"][r] += batch.response_ids[j, :length].tolist()
+        cols["loss"][r] += [1] * length
+        cols["slp"][r] += batch.sample_logprobs[j, :length].tolist()
+        cols["plp"][r] += batch.policy_logprobs[j, :length].tolist()
+        ent = batch.entropy[j, :length].tolist() if batch.entropy is not None else [0.0] * length
+        cols["ent"][r] += ent
+
+    def _batch(self, first: RolloutBatch, cols: dict[str, list[list]], texts: list[str], reasons: list[str],
+               turns: list[int], info: list[dict[str, float]]) -> RolloutBatch:
+        width = max(len(x) for x in cols["ids"])  # >= 1: every turn samples at least one token
+
+        def right(rows: list[list], fill: float, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([x + [fill] * (width - len(x)) for x in rows], dtype=dtype)
+
+        keys = sorted({k for d in info for k in d})
+        extras: dict[str, Any] = {"turns": turns, **{f"env/{k}": [d.get(k, 0.0) for d in info] for k in keys}}
+        return RolloutBatch(
+            prompt_ids=first.prompt_ids, prompt_mask=first.prompt_mask,
+            response_ids=right(cols["ids"], self.pad_id, torch.long),
+            response_mask=right(cols["loss"], 0, torch.long),
+            sample_logprobs=right(cols["slp"], 0.0, torch.float32),
+            policy_logprobs=right(cols["plp"], 0.0, torch.float32),
+            finish_reasons=reasons, response_texts=texts,
+            entropy=right(cols["ent"], 0.0, torch.float32),
+            response_attention_mask=right([[1] * len(x) for x in cols["ids"]], 0, torch.long),
+            extras=extras,
+        )
+
+
+__all__ = ["MultiTurnEngine"]

@@ -1,0 +1,105 @@
+"""The scoring stage: reward functions, then the shaping parts in order, with their checkpointed state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from rlfold.core.types import Prompt, RolloutBatch
+from rlfold.rewards import SHAPINGS, ShapingInput, score_rewards
+
+
+@dataclass
+class Scored:
+    """Scores of one batch of rollouts, after the shaping parts."""
+
+    scores: torch.Tensor          # [N]; unscorable rows hold their group's mean of the scorable ones
+    per_fn: dict[str, torch.Tensor]
+    token_rewards: torch.Tensor   # [N, R] reward per response token (sums to ``scores`` per row)
+    unscorable: torch.Tensor      # [N] bool: every reward function returned None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def place_on_last_token(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N] -> [N, R]: each score on the row's last valid token, 0 elsewhere."""
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    valid = mask.bool()
+    idx = torch.arange(mask.shape[1]).expand_as(mask)
+    last = torch.where(valid, idx, torch.full_like(idx, -1)).max(dim=1).values
+    has = last >= 0
+    out[has.nonzero().flatten(), last[has]] = scores[has].float()
+    return out
+
+
+def fill_unscorable(scores: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace NaN (unscorable) scores by the mean of the scorable rows of their group (0 if none)."""
+    bad = torch.isnan(scores)
+    if not bool(bad.any()):
+        return scores, bad
+    out = scores.clone()
+    for g in group_ids[bad].unique().tolist():
+        rows = group_ids == g
+        ok = rows & ~bad
+        out[rows & bad] = scores[ok].mean() if bool(ok.any()) else 0.0
+    return out, bad
+
+
+class Scorer:
+    """Scores rollouts with the run's reward functions and shaping parts.
+
+    ``rewards``: ``(name, weight, kwargs)`` specs; ``accuracy_reward`` is always scored (for
+    ``acc/mean`` and the group filters) even when it carries no weight; ``shaping``: ``(name,
+    kwargs)`` specs whose per-part state dicts are checkpointed; ``max_len``: the generation limit the
+    shaping parts measure lengths against.
+    """
+
+    def __init__(self, rewards: Sequence[tuple[str, float, dict[str, Any]]], accuracy_reward: str, on_error: str,
+                 shaping: Sequence[tuple[str, dict[str, Any]]], max_len: int, tokenizer: Any) -> None:
+        self.rewards, self.accuracy_reward, self.on_error = list(rewards), accuracy_reward, on_error
+        self.shaping = [(SHAPINGS.get(name), dict(kwargs)) for name, kwargs in shaping]
+        self.shaping_state: list[dict[str, Any]] = [{} for _ in self.shaping]
+        self.max_len, self.tokenizer = max_len, tokenizer
+
+    def __call__(self, reps: list[Prompt], roll: RolloutBatch, group_ids: torch.Tensor, step: int) -> Scored:
+        """Reward functions, then the shaping parts in order; unscorable rows are counted and neutralised."""
+        lengths = roll.response_mask.sum(1)
+        res = score_rewards(self.rewards, reps, roll.response_texts, roll.finish_reasons, response_lengths=lengths,
+                            on_error=self.on_error)
+        per_fn, metrics = res.per_fn, dict(res.metrics)
+        acc = self.accuracy_reward
+        if acc not in per_fn:
+            per_fn[acc] = score_rewards([(acc, 1.0)], reps, roll.response_texts, roll.finish_reasons,
+                                        response_lengths=lengths, on_error=self.on_error).per_fn[acc]
+        scores, unscorable = fill_unscorable(res.total, group_ids)
+        mask = roll.response_mask
+        token_part = torch.zeros(mask.shape)
+        if res.token_scores is not None:
+            w = min(token_part.shape[1], res.token_scores.shape[1])
+            token_part[:, :w] = res.token_scores[:, :w] * mask[:, :w]
+        token_rewards = place_on_last_token(scores - token_part.sum(1), mask) + token_part
+        correct = torch.nan_to_num(per_fn[acc], nan=0.0)
+        for (fn, kwargs), state in zip(self.shaping, self.shaping_state):
+            inp = ShapingInput(scores=scores, correct=correct, lengths=lengths, truncated=roll.truncated,
+                               group_ids=group_ids, prompts=reps, completions=roll.response_texts,
+                               max_len=self.max_len, step=step, response_ids=roll.response_ids,
+                               response_mask=mask, tokenizer=self.tokenizer)
+            out = fn(inp, state=state, **kwargs)
+            scores = out.scores.float()
+            metrics.update(out.metrics)
+            token_rewards = (out.token_rewards.float() * mask if out.token_rewards is not None
+                             else place_on_last_token(scores, mask))
+        metrics["reward/unscorable_frac"] = float(unscorable.float().mean()) if unscorable.numel() else 0.0
+        return Scored(scores, per_fn, token_rewards, unscorable, metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shaping": self.shaping_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for mine, theirs in zip(self.shaping_state, state.get("shaping", [])):
+            mine.clear()
+            mine.update(theirs)
+
+
+__all__ = ["Scored", "Scorer", "fill_unscorable", "place_on_last_token"]
