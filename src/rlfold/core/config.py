@@ -27,34 +27,46 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     path: str = Field("tiny-arith", min_length=1, description="HF causal-LM directory, or the name of a shipped model")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the policy, reference model and critic are loaded in (bfloat16/float16 halve "
+                               "memory on accelerators that support them; float32 on CPU)")
     disable_dropout: bool = Field(True, description="zero dropout in the policy so training and rollout forwards agree")
 
 
 class TaskConfig(_Strict):
     name: str = Field("arith", description="registered task name")
-    levels: list[int] = Field(default_factory=lambda: [2], description="arith difficulty levels (1-4)")
-    train_size: int = Field(0, ge=0, description="training problems (0: all; levels 1-3 are enumerated)")
-    held_out_size: int = Field(200, ge=1)
-    held_out_fraction: float = Field(0.1, gt=0, lt=1)
+    levels: list[int] = Field(
+        default_factory=lambda: [2], description="arith difficulty levels to mix (1: one-digit +, 2: two-digit +, "
+                                                 "3: two-digit -, 4: three-digit +)")
+    train_size: int = Field(
+        0, ge=0, description="training problems, shared equally between the levels (0: all; level 4 is too large "
+                             "to enumerate and gives 50,000 sampled problems)")
+    held_out_size: int = Field(
+        200, ge=1, description="generated held-out problems, shared equally between the levels (ignored with "
+                               "held_out_file; eval.size caps how many are evaluated)")
+    held_out_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of each level's problems reserved for the held-out split, chosen by a "
+                                     "hash of the prompt text so train and held-out never overlap")
     train_file: Optional[str] = Field(None, description="JSONL with prompt/answer rows (replaces generated data)")
-    held_out_file: Optional[str] = None
+    held_out_file: Optional[str] = Field(
+        None, description="JSONL with prompt/answer rows for evaluation (replaces the generated held-out split)")
 
 
 class RewardSpec(_Strict):
-    name: str
-    weight: float = 1.0
+    name: str = Field(description="registered reward function (exact_match, format, math_verify, ...)")
+    weight: float = Field(1.0, description="multiplier of this function's score in the summed reward (0: scored and "
+                                           "logged as reward/<name>/mean, but not trained on)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the reward function")
 
 
 class SelectionSpec(_Strict):
     name: str = Field(description="registered selection part (mask_truncated, top_entropy, pf_ppo, tis, ...)")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the selection part")
 
 
 class ShapingSpec(_Strict):
     name: str = Field(description="registered reward-shaping part (hapo, dler, arlcp, ...)")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the reward-shaping part")
 
 
 class GroupFilterSpec(_Strict):
@@ -88,12 +100,17 @@ class RolloutConfig(_Strict):
         None, description="recompute old log-probs with the trainer before the update (None: exactly when the "
                           "engine does not share the trainer's weights)")
     n: int = Field(8, ge=1, description="samples per prompt (G)")
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    max_new_tokens: int = Field(8, ge=1)
-    stop_strings: list[str] = Field(default_factory=list)
-    stop_token_ids: list[int] = Field(default_factory=list)
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of the training rollouts (1: the "
+                                                       "policy's own distribution; 0: greedy, no spread in a group)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the most likely tokens up to this "
+                                                       "probability mass (1: off)")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens only (0: off)")
+    max_new_tokens: int = Field(8, ge=1, description="response length limit in tokens (multi-turn: see turn_budget); "
+                                                      "also the default of algo.loss_agg_max_len and "
+                                                      "eval.max_new_tokens, and the limit shaping parts measure")
+    stop_strings: list[str] = Field(default_factory=list, description="end a response once its text contains one of "
+                                                                      "these strings (the text so far is kept)")
+    stop_token_ids: list[int] = Field(default_factory=list, description="token ids that end a response, besides eos")
     ignore_eos: bool = Field(False, description="sample past eos up to max_new_tokens (benchmarks)")
 
 
@@ -111,11 +128,15 @@ class AlgoConfig(_Strict):
     clip_c: Optional[float] = Field(
         None, gt=1, description="dual-clip constant for negative advantages (None: the loss's default, off for "
                                 "ppo_clip); an error for a loss without it")
-    loss_agg: str = "seq-mean-token-mean"
+    loss_agg: str = Field(
+        "seq-mean-token-mean", description="registered loss aggregation: how per-token losses become one number "
+                                           "(seq-mean-token-mean, token-mean, seq-mean-token-sum-norm, ...)")
     loss_agg_max_len: Optional[int] = Field(
         None, ge=1, description="L_max of constant-length aggregations (default: rollout.max_new_tokens)")
     kl_coef: float = Field(0.0, ge=0, description="KL-to-reference coefficient (0: no reference model)")
-    kl_estimator: str = "k3"
+    kl_estimator: str = Field(
+        "k3", description="registered per-token KL estimator (k1, k2, k3, low_var_kl, ...), used by both kl_in "
+                          "modes; only with kl_coef > 0")
     kl_in: Literal["loss", "reward"] = Field("loss", description="KL as a loss term, or subtracted from the reward")
     kl_ctrl: Literal["fixed", "adaptive"] = Field("fixed", description="fixed coefficient, or adaptive (Ziegler et al.)")
     kl_target: float = Field(0.1, gt=0, description="adaptive KL: target KL per token")
@@ -144,7 +165,8 @@ class CriticConfig(_Strict):
     model: Literal["separate", "shared"] = Field(
         "separate", description="a separate value model, or a value head on the policy backbone")
     path: Optional[str] = Field(None, description="backbone to initialise a separate critic from (default: model.path)")
-    lr: float = Field(1e-3, gt=0, description="critic learning rate (separate critic)")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of a separate critic, and of a shared "
+                                                   "critic's head during pretrain_steps")
     vf_coef: float = Field(0.5, ge=0, description="value-loss weight in the joint loss (shared critic)")
     cliprange_value: Optional[float] = Field(0.5, gt=0, description="value clipping around the old values (None: off)")
     gamma: float = Field(1.0, ge=0, le=1, description="discount of the critic's GAE targets")
@@ -157,18 +179,25 @@ class CriticConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1, description="RL steps of the run (each: prompts_per_step x rollout.n rollouts, "
+                                               "then the update)")
     prompts_per_step: int = Field(16, ge=1, description="B prompts per step")
-    ppo_epochs: int = Field(1, ge=1)
+    ppo_epochs: int = Field(1, ge=1, description="passes over each step's batch, for the policy and a separate critic "
+                                                  "(1: on-policy; more reuse the rollouts under the clipped ratio)")
     mini_batch_size: int = Field(0, ge=0, description="sequences per optimiser step (0: the whole batch)")
     micro_batch_size: int = Field(0, ge=0, description="sequences per forward/backward (0: the mini-batch)")
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy (and of a shared critic's head)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the policy and critic optimisers")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="AdamW (beta1, beta2) of the policy and critic optimisers")
     warmup_steps: int = Field(0, ge=0, description="optimiser steps of linear warm-up")
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    grad_clip: float = Field(1.0, gt=0)
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="policy learning rate after warm-up: constant, or cosine/linear decay to "
+                                "min_lr_ratio x lr over the run's optimiser steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final learning rate of the cosine/linear schedule, as a "
+                                                              "fraction of lr (unused by constant)")
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm per optimiser step (policy and "
+                                                     "separate critic)")
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many non-finite steps in a row")
     sampler: SamplerSpec = Field(
         default_factory=SamplerSpec, description="how training prompts are drawn (uniform epochs by default)")
@@ -176,19 +205,22 @@ class TrainConfig(_Strict):
 
 class CheckpointConfig(_Strict):
     every: int = Field(50, ge=0, description="steps between checkpoints (0: only at the end)")
-    keep: int = Field(2, ge=1)
+    keep: int = Field(2, ge=1, description="most recent checkpoints kept under checkpoints/ (older ones are deleted; "
+                                            "the final model is also written to final/)")
 
 
 class LogConfig(_Strict):
-    samples_per_step: int = Field(4, ge=0)
-    progress: bool = True
+    samples_per_step: int = Field(4, ge=0, description="rollouts per step written to samples.jsonl, spread over the "
+                                                        "batch (0: none)")
+    progress: bool = Field(True, description="show the progress bar (turn off when logging to a file)")
 
 
 class EvalConfig(_Strict):
     every: int = Field(0, ge=0, description="steps between held-out evaluations (0: before and after only)")
-    size: int = Field(200, ge=1)
-    pass_k: int = Field(4, ge=1)
-    max_new_tokens: Optional[int] = Field(None, ge=1)
+    size: int = Field(200, ge=1, description="held-out prompts evaluated: the first ones of the task's held-out split")
+    pass_k: int = Field(4, ge=1, description="samples per prompt (at temperature 1) for the unbiased pass@k metric")
+    max_new_tokens: Optional[int] = Field(
+        None, ge=1, description="response length limit of evaluation (None: rollout.max_new_tokens)")
 
 
 class RunConfig(_Strict):
@@ -200,25 +232,37 @@ class RunConfig(_Strict):
         default_factory=list,
         description="Python modules or .py files imported before validation, to register custom parts",
     )
-    seed: int = 0
+    seed: int = Field(0, description="run seed: global RNGs, training-prompt order, rollout and selection seeds (the "
+                                     "generated held-out prompts do not depend on it)")
     run_dir: Optional[str] = Field(None, description="output directory (default runs/<name>-<time>)")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch default)")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the policy model: where it is loaded from, "
+                                                                        "in which dtype")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="the task: training and held-out prompts with "
+                                                                     "verifiable answers")
     rewards: list[RewardSpec] = Field(
-        default_factory=lambda: [RewardSpec(name="exact_match"), RewardSpec(name="format", weight=0.1)]
+        default_factory=lambda: [RewardSpec(name="exact_match"), RewardSpec(name="format", weight=0.1)],
+        description="reward functions, summed by weight into each rollout's reward (at least one)",
     )
     accuracy_reward: str = Field("exact_match", description="reward whose mean is logged as acc/mean")
     reward_errors: Literal["raise", "none"] = Field(
         "raise", description="a reward function that raises: stop the run, or score that sample None (unscorable)")
     shaping: list[ShapingSpec] = Field(default_factory=list, description="reward-shaping parts, applied in order")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    algo: AlgoConfig = Field(default_factory=AlgoConfig)
-    critic: CriticConfig = Field(default_factory=CriticConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="rollout generation: engines, sampling, samples per prompt, "
+                                                   "multi-turn environment")
+    algo: AlgoConfig = Field(
+        default_factory=AlgoConfig, description="the RL algorithm: advantage, policy loss, aggregation, KL, "
+                                                "regularisers, selection, group filters")
+    critic: CriticConfig = Field(default_factory=CriticConfig, description="the value model (built only when the "
+                                                                           "advantage needs values, e.g. gae)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation: steps, batch sizes, optimiser, "
+                                                                        "learning-rate schedule, prompt sampler")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpoint cadence and "
+                                                                                       "retention")
+    log: LogConfig = Field(default_factory=LogConfig, description="what is logged besides metrics.jsonl")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation: cadence, size, pass@k, "
+                                                                     "length limit")
 
     @model_validator(mode="after")
     def _check_parts(self) -> "RunConfig":
