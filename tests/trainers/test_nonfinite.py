@@ -11,7 +11,7 @@ from rlfold.core.config_loader import load_config
 from rlfold.core.errors import NumericalError
 from rlfold.trainers import checkpoint as ckpt
 from rlfold.trainers.metrics import read_jsonl
-from rlfold.trainers.online import OnlineTrainer
+from rlfold.trainers.loop import Run, build_run
 
 RECIPE = Path(__file__).resolve().parents[2] / "src/rlfold/recipes/grpo.yaml"
 NAN_STEPS: set[int] = set()
@@ -35,21 +35,21 @@ def nan_loss_part():
     POLICY_LOSSES.unregister("_test_nan_loss")
 
 
-def _trainer(run_dir: Path, steps: int) -> OnlineTrainer:
+def _run(run_dir: Path, steps: int) -> Run:
     cfg = load_config(RECIPE, [
         f"train.steps={steps}", "checkpoint.every=1", "checkpoint.keep=10", "log.progress=false",
         "algo.policy_loss=_test_nan_loss", "task.held_out_size=8", "eval.size=8", "train.prompts_per_step=4",
         "rollout.n=2",
     ])
-    return OnlineTrainer(cfg, run_dir)
+    return build_run(cfg, run_dir)
 
 
 def test_single_nan_step_is_skipped_and_counted(tmp_path):
     CALLS["n"] = 0
     NAN_STEPS.clear()
     NAN_STEPS.add(2)  # one micro-batch per step, so call k is step k
-    trainer = _trainer(tmp_path / "run", steps=4)
-    rows = trainer.fit()
+    job = _run(tmp_path / "run", steps=4)
+    rows = job.fit()
     by_step = {r["step"]: r for r in rows}
     assert by_step[2]["nonfinite_steps"] == 1 and by_step[4]["nonfinite_steps"] == 1
     assert "actor/grad_norm" not in by_step[2] and "actor/grad_norm" in by_step[3]
@@ -62,13 +62,13 @@ def test_three_nan_steps_in_a_row_stop_before_overwriting_checkpoints(tmp_path):
     NAN_STEPS.clear()
     NAN_STEPS.update({3, 4, 5, 6, 7})
     run = tmp_path / "run"
-    trainer = _trainer(run, steps=8)
+    job = _run(run, steps=8)
     before = None
     with pytest.raises(NumericalError, match="non-finite for 3 steps in a row"):
-        trainer.fit()
+        job.fit()
     latest = ckpt.latest_checkpoint(run)
     assert latest is not None and latest.name == "step_0000002"
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    before = {k: v.clone() for k, v in job.trainer.model.state_dict().items()}
     # The parameters did not move during the skipped steps, and the checkpoint holds them.
     from safetensors.torch import load_file
 
@@ -83,8 +83,8 @@ def test_nan_on_the_last_step_still_saves_the_final_policy(tmp_path):
     CALLS["n"] = 0
     NAN_STEPS.clear()
     NAN_STEPS.add(3)
-    trainer = _trainer(tmp_path / "run", steps=3)
-    rows = trainer.fit()
+    job = _run(tmp_path / "run", steps=3)
+    rows = job.fit()
     assert rows[-1]["nonfinite_steps"] == 1
     # the skipped step left the parameters as they were after step 2, and those are what is saved
     from safetensors.torch import load_file

@@ -5,7 +5,7 @@ from pathlib import Path
 import math
 
 from rlfold.core.config_loader import load_config
-from rlfold.trainers.online import OnlineTrainer
+from rlfold.trainers.loop import build_run
 
 RECIPE = Path(__file__).resolve().parents[2] / "src/rlfold/recipes/grpo.yaml"
 
@@ -17,9 +17,10 @@ def test_epochs_minibatches_and_kl(tmp_path):
         "train.lr=1e-3", "train.warmup_steps=2", "train.schedule=cosine", "log.progress=false",
         "task.held_out_size=8", "eval.size=8", "checkpoint.every=1", "checkpoint.keep=1",
     ])
-    trainer = OnlineTrainer(cfg, tmp_path / "run")
+    run = build_run(cfg, tmp_path / "run")
+    trainer = run.trainer
     assert trainer.opt_steps_per_step == 4  # 2 epochs x (16 sequences / 8)
-    rows = trainer.fit()
+    rows = run.fit()
     step1 = rows[1]
     for key in ("actor/pg_loss", "actor/kl", "actor/ppo_kl", "actor/entropy", "actor/grad_norm", "actor/lr"):
         assert math.isfinite(step1[key]), key

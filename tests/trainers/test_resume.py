@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from rlfold.core.config_loader import load_config
 from rlfold.trainers import checkpoint as ckpt
-from rlfold.trainers.online import OnlineTrainer
+from rlfold.trainers.loop import Run, build_run
 
 # A reward that sleeps, so the run is slow enough to be killed between checkpoints.
 PLUGIN = '''
@@ -86,31 +86,37 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     AutoModelForCausalLM.from_pretrained(killed_dir / "final")
 
 
+def _train_step(run: Run) -> None:
+    """One step as the run loop takes it: ``step(index)``, then the loop's step counter moves."""
+    assert run.trainer.step(run.loop.step).finite
+    run.loop.counters["step"] = run.loop.step + 1
+
+
 def test_interrupted_checkpoint_write_keeps_latest(tmp_path, monkeypatch):
     cfg = load_config(
         Path(__file__).resolve().parents[2] / "src/rlfold/recipes/grpo.yaml",
         ["train.steps=4", "checkpoint.every=2", "log.progress=false", "task.held_out_size=8", "eval.size=8",
          "train.prompts_per_step=4", "rollout.n=2"],
     )
-    trainer = OnlineTrainer(cfg, tmp_path / "run")
-    trainer.train_step()
-    trainer.train_step()
-    good = trainer.save()
-    trainer.train_step()
+    run = build_run(cfg, tmp_path / "run")
+    _train_step(run)
+    _train_step(run)
+    good = run.loop.save()
+    _train_step(run)
 
     def crash(*a, **k):
         raise KeyboardInterrupt("killed while writing")
 
     monkeypatch.setattr(ckpt.torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        trainer.save()
+        run.loop.save()
     monkeypatch.undo()
     assert ckpt.latest_checkpoint(tmp_path / "run") == good
     assert not list((tmp_path / "run" / ckpt.CKPT_DIR).glob(".tmp-*"))  # cleaned on the next look-up
     state = ckpt.load_state(good)
-    assert state["step"] == 2
-    resumed = OnlineTrainer(cfg, tmp_path / "run", resume=True)
-    assert resumed.step == 2
+    assert state["loop"]["step"] == 2
+    resumed = build_run(cfg, tmp_path / "run", resume=True)
+    assert resumed.loop.step == 2
 
 
 def test_resume_before_any_checkpoint_starts_over_without_duplicate_rows(tmp_path):
@@ -118,11 +124,11 @@ def test_resume_before_any_checkpoint_starts_over_without_duplicate_rows(tmp_pat
                  "eval.size=8", "train.prompts_per_step=4", "rollout.n=2"]
     cfg = load_config(Path(__file__).resolve().parents[2] / "src/rlfold/recipes/grpo.yaml", overrides)
     run = tmp_path / "run"
-    trainer = OnlineTrainer(cfg, run)
+    first = build_run(cfg, run)
     # Simulate a run killed after logging step 1 but before any checkpoint.
-    trainer.init_eval = trainer.evaluate()
+    first.loop.counters["init_eval"] = first.trainer.evaluate()
     (run / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
-    resumed = OnlineTrainer(cfg, run, resume=True)
-    assert resumed.step == 0
+    resumed = build_run(cfg, run, resume=True)
+    assert resumed.loop.step == 0
     rows = resumed.fit()
     assert [r["step"] for r in rows] == [0, 1, 2]
