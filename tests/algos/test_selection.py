@@ -13,7 +13,6 @@ from rlfold.algos import SELECTIONS, selection
 from rlfold.algos.selection import (
     Selection,
     SelectionInput,
-    filter_groups,
     pf_ppo_weights,
 )
 
@@ -374,27 +373,6 @@ def test_tis_errors() -> None:
     beh[1, 2] = float("nan")  # NaN on padding is ignored
     sel = part(_inp(2, 3, response_mask=bad.response_mask, old_logprobs=bad.old_logprobs, behaviour_logprobs=beh))
     assert sel.token_weights[1, 2] == 0.0
-
-
-# ---------------------------------------------------------------- filter_groups
-
-
-def test_filter_groups_hand_example() -> None:
-    keep = filter_groups(torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0]), _ids(0, 0, 1, 1, 2, 2))
-    assert keep.dtype == torch.bool
-    assert keep.tolist() == [False, False, True, True, False, False]
-
-
-def test_filter_groups_singletons_interleaving_and_errors() -> None:
-    keep = filter_groups(torch.tensor([0.3, 1.0, 0.5, 1.0, 0.0]), _ids(9, 4, 4, 5, 9))
-    assert keep.tolist() == [True, True, True, False, True]  # group 5 is a singleton
-    keep = filter_groups(torch.tensor([True, False, True, True]), _ids(0, 0, 1, 1))
-    assert keep.tolist() == [True, True, False, False]
-    assert filter_groups(torch.zeros(0), _ids()).shape == (0,)
-    with pytest.raises(ValueError, match="group_ids"):
-        filter_groups(torch.zeros(3), _ids(0, 0))
-    with pytest.raises(ValueError, match="NaN"):
-        filter_groups(torch.tensor([0.0, float("nan")]), _ids(0, 0))
 
 
 def test_selection_defaults() -> None:

@@ -18,15 +18,15 @@ ignore it so that the trainer can call every part the same way.
 
 Registered: ``mask_truncated`` (DAPO overlong filtering), ``top_entropy`` (the 80/20 rule's
 high-entropy "forking" tokens), ``pf_ppo`` (policy filtration by reward) and ``tis`` (truncated /
-masked importance sampling between the rollout engine and the trainer). ``filter_groups`` (DAPO
-dynamic sampling) is a plain function: it decides which rollouts to keep before the batch is
-complete, which is the rollout loop's business rather than a per-batch loss selection.
+masked importance sampling between the rollout engine and the trainer). DAPO's dynamic sampling
+decides which rollouts to keep before the batch is complete: it is a group filter
+(``rlfold.algos.group_filters``), applied by the collector, not a selection part.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
@@ -48,7 +48,6 @@ __all__ = [
     "Selection",
     "SelectionFn",
     "SelectionInput",
-    "filter_groups",
     "mask_truncated",
     "pf_ppo",
     "pf_ppo_weights",
@@ -113,6 +112,12 @@ class SelectionInput:
                     f"SelectionInput.{name} must have the shape of response_mask {shape}, "
                     f"got {tuple(t.shape)}"
                 )
+
+
+    def take(self, rows: Tensor) -> "SelectionInput":
+        """The input restricted to (or resampled as) ``rows``."""
+        return SelectionInput(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                                 for f in fields(self)})
 
 
 @dataclass
@@ -406,35 +411,3 @@ def tis(
             "selection/tis_outside_frac": 0.0,
         }
     return Selection(token_weights=token_weights, metrics=metrics)
-
-
-def filter_groups(scores: Tensor, group_ids: Tensor) -> Tensor:
-    """DAPO dynamic sampling: keep groups whose scores differ (Yu et al. 2025, arXiv 2503.14476).
-
-    Returns ``keep`` [N] bool: True for rows whose group has at least 2 rows and whose scores are
-    not all equal (exact test max != min, so no floating-point mean is involved). Groups that are all
-    correct or all wrong give GRPO-style advantages of exactly 0 and carry no signal; the rollout
-    loop drops them and samples more prompts until the batch is full.
-    """
-    if scores.dim() != 1:
-        raise ValueError(f"filter_groups: scores must be 1-D [N], got shape {tuple(scores.shape)}")
-    if tuple(group_ids.shape) != tuple(scores.shape):
-        raise ValueError(
-            f"filter_groups: group_ids must have the shape of scores {tuple(scores.shape)}, "
-            f"got {tuple(group_ids.shape)}"
-        )
-    if group_ids.dtype.is_floating_point or group_ids.dtype == torch.bool:
-        raise ValueError(
-            f"filter_groups: group_ids must be an integer tensor, got dtype {group_ids.dtype}"
-        )
-    if scores.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=scores.device)
-    if scores.dtype == torch.bool:
-        scores = scores.to(torch.int64)
-    if scores.dtype.is_floating_point and torch.isnan(scores).any():
-        bad = torch.nonzero(torch.isnan(scores)).flatten()[:10].tolist()
-        raise ValueError(f"filter_groups: scores must not be NaN; NaN at rows {bad}")
-    inv, n_groups = group_index(group_ids)
-    r_max, r_min = _group_max_min(scores, inv, n_groups)
-    count = torch.bincount(inv, minlength=n_groups)[inv]
-    return (count >= 2) & (r_max != r_min)

@@ -23,7 +23,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def evaluate(
     engine,
     prompts: Sequence[Prompt],
-    reward: str = "exact_match",
+    reward: str,
     k: int = 4,
     max_new_tokens: int = 8,
     seed: int = 1234,

@@ -19,7 +19,7 @@ shards (its normaliser is the one reduction, see ``trainers.update``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -264,8 +264,7 @@ class OnlineStep:
                 r = sel.rows
                 rows, loss_mask = rows[r], loss_mask[r]
                 weights = weights[r] if weights is not None else None
-                inp = SelectionInput(**{f.name: None if getattr(inp, f.name) is None else getattr(inp, f.name)[r]
-                                        for f in fields(SelectionInput)})
+                inp = inp.take(r)
         prep = PreparedBatch(roll=roll.select(rows), advantages=adv[rows], old_logprobs=lp.old[rows],
                              loss_mask=loss_mask, prompts=[s.prompts[i] for i in rows.tolist()],
                              token_weights=weights, ref_logprobs=lp.ref[rows] if lp.ref is not None else None,
