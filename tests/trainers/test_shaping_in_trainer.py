@@ -10,7 +10,7 @@ from rlfold.core.errors import ConfigError
 from rlfold.core.registry import needs
 from rlfold.algos import ADVANTAGES
 from rlfold.rewards import REWARDS, SHAPINGS, Shaped
-from rlfold.trainers.online import OnlineTrainer
+from rlfold.trainers.loop import build_run
 
 SMALL = ["train.prompts_per_step=4", "rollout.n=4", "eval.size=8", "log.progress=false", "task.held_out_size=8"]
 
@@ -50,17 +50,17 @@ def test_shaping_parts_apply_in_order_and_their_state_is_checkpointed(parts, tmp
     run = tmp_path / "run"
     over = [*SMALL, f"run_dir={run}", "train.steps=2", "checkpoint.every=1", "algo.advantage=t_spy",
             "algo.advantage_kwargs={}", "shaping=[{name: t_token_ones}, {name: t_count_and_add, kwargs: {bonus: 0.5}}]"]
-    trainer = OnlineTrainer(load_config(None, over), run)
-    trainer.fit()
+    job = build_run(load_config(None, over), run)
+    job.fit()
     rewards, token_rewards, mask = parts.seen
     # t_token_ones: score = length; then +0.5; the later part gave no token rewards, so the score sits on the last token
     torch.testing.assert_close(rewards, mask.sum(1).float() + 0.5)
     torch.testing.assert_close(token_rewards.sum(1), rewards)
-    assert trainer.collector.shaping_state[1]["batches"] == 2
+    assert job.trainer.collector.scorer.shaping_state[1]["batches"] == 2
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["shaping/t/batches"] == 2.0
-    resumed = OnlineTrainer(load_config(None, [*over, "train.steps=3"]), run, resume=True)
-    assert resumed.collector.shaping_state[1]["batches"] == 2
+    resumed = build_run(load_config(None, [*over, "train.steps=3"]), run, resume=True)
+    assert resumed.trainer.collector.scorer.shaping_state[1]["batches"] == 2
     with pytest.raises(ConfigError):  # unknown option of a shaping part is a config error
         load_config(None, [*SMALL, "shaping=[{name: t_count_and_add, kwargs: {bonuss: 1}}]"])
 
@@ -68,26 +68,28 @@ def test_shaping_parts_apply_in_order_and_their_state_is_checkpointed(parts, tmp
 def test_token_rewards_of_a_shaping_part_reach_the_advantage(parts, tmp_path):
     over = [*SMALL, f"run_dir={tmp_path / 'r'}", "train.steps=1", "algo.advantage=t_spy", "algo.advantage_kwargs={}",
             "shaping=[{name: t_token_ones}]"]
-    OnlineTrainer(load_config(None, over), tmp_path / "r").fit()
+    build_run(load_config(None, over), tmp_path / "r").fit()
     _, token_rewards, mask = parts.seen
     torch.testing.assert_close(token_rewards, mask.float())
 
 
 def test_unscorable_rows_are_left_out_of_the_loss(parts, tmp_path):
     over = [*SMALL, f"run_dir={tmp_path / 'u'}", "train.steps=1", "rewards=[{name: t_none_first_row}]"]
-    trainer = OnlineTrainer(load_config(None, over), tmp_path / "u")
-    s = trainer._sample()
+    trainer = build_run(load_config(None, over), tmp_path / "u").trainer
+    s = trainer.collector.collect(0)
     assert s.unscorable[0] and not s.unscorable[1:].any()
     # the unscorable row holds its group's mean (1.0), so it does not shift the others' baseline
     assert s.scores[0].item() == 1.0
     seen = {}
-    original = trainer._select
+    original = trainer.select
 
-    def spy_select(inp):
-        seen["mask"] = inp.response_mask.clone()
-        return original(inp)
+    def spy_select(sampled, logprobs, rewards, adv, index):
+        prep, metrics = original(sampled, logprobs, rewards, adv, index)
+        seen["mask"], seen["rows"] = prep.loss_mask.clone(), prep.rows.clone()
+        return prep, metrics
 
-    trainer._select = spy_select
-    res = trainer.train_step()
+    trainer.select = spy_select
+    res = trainer.step(0)
     assert res.metrics["reward/unscorable_frac"] == pytest.approx(1 / 16)
+    assert seen["rows"].tolist() == list(range(16))  # no selection part: every row is prepared
     assert seen["mask"][0].sum() == 0 and seen["mask"][1:].sum(1).min() > 0

@@ -1,14 +1,24 @@
 """The real policy update: gradients are invariant to micro-batching for every aggregation mode."""
 
+import inspect
+
 import pytest
 import torch
 
 from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rlfold.models import load_model_and_tokenizer
-from rlfold.rollout import ENGINES, SamplingParams
-from rlfold.rollout.hf_engine import sequence_logprobs
+from rlfold.models.logprobs import sequence_logprobs
+from rlfold.rollout import ENGINES, EngineContext, SamplingParams, requests_for
 from rlfold.tasks import TASKS
-from rlfold.trainers.update import KLTerm, PolicyTerm, PreparedBatch, accepted_kwargs, accumulate_loss
+from rlfold.trainers.update import KLTerm, PolicyTerm, PreparedBatch, accumulate_loss
+
+
+def accepted_kwargs(fn, candidates: dict) -> dict:
+    """The subset of ``candidates`` that the policy loss ``fn`` declares as keyword parameters."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(candidates)
+    return {k: v for k, v in candidates.items() if k in params}
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +26,9 @@ def setup():
     torch.manual_seed(0)
     model, tok = load_model_and_tokenizer("tiny-arith")
     task = TASKS.get("arith")(held_out_size=8)
-    engine = ENGINES.get("hf")(model, tok)
-    roll = engine.generate([p.text for p in task.train[:6]], SamplingParams(n=4, max_new_tokens=6),
-                           generator=torch.Generator().manual_seed(3))
+    engine = ENGINES.get("hf")(EngineContext(model=model, tokenizer=tok, model_path="tiny-arith",
+                                             dtype=torch.float32))
+    roll = engine.generate(requests_for(task.train[:6]), SamplingParams(n=4, max_new_tokens=6), 3)
     rewards = torch.tensor([float(t.strip() == p.answer) for t, p in
                             zip(roll.response_texts, [p for p in task.train[:6] for _ in range(4)])])
     rewards = rewards + 0.1 * torch.arange(len(rewards)) % 3  # make every group non-degenerate
