@@ -9,9 +9,9 @@ import torch
 from pydantic import ValidationError
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from rlfold.core.types import FINISH_LENGTH, FINISH_STOP
-from rlfold.rollout import ENGINES, HFEngine, SamplingParams
-from rlfold.rollout.hf_engine import sequence_logprobs
+from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, Prompt
+from rlfold.models.logprobs import sequence_logprobs
+from rlfold.rollout import ENGINES, EngineContext, HFEngine, SamplingParams, requests_for
 from rlfold.rollout.sampling import process_logits
 from rlfold.models.tiny import SPECIAL_TOKENS, build_char_tokenizer
 
@@ -82,6 +82,16 @@ def model(request):
 PROMPTS = ["1+2=", "12+34=", "7"]
 
 
+def _engine(model, tok) -> HFEngine:
+    """The hf engine sampling with ``model`` itself (``weights="shared"``, the default)."""
+    return HFEngine(EngineContext(model=model, tokenizer=tok, model_path="", dtype=torch.float32))
+
+
+def _generate(eng: HFEngine, texts: list[str], params: SamplingParams, seed: int = 0):
+    """``generate`` on plain-text prompts (no gold answer needed here)."""
+    return eng.generate(requests_for([Prompt(t, "") for t in texts]), params, seed)
+
+
 def _raw_response_logits(model, rb) -> torch.Tensor:
     """Independent recomputation: full forward without cache, logits predicting each response token."""
     ids = torch.cat([rb.prompt_ids, rb.response_ids], 1)
@@ -103,12 +113,14 @@ def test_engine_registered_and_params_validated():
         SamplingParams(max_new_tokens=0)
     with pytest.raises(ValidationError):
         SamplingParams(bogus=1)
+    with pytest.raises(ValidationError):  # the seed is an argument of each generate call
+        SamplingParams(seed=3)
 
 
 def test_policy_logprobs_match_trainer(model, tok):
     """(a) engine policy log-probs == trainer sequence_logprobs on the same ids (left padding in play)."""
-    eng = HFEngine(model, tok)
-    rb = eng.generate(PROMPTS, SamplingParams(temperature=1.0, n=2, max_new_tokens=8, seed=3))
+    eng = _engine(model, tok)
+    rb = _generate(eng, PROMPTS, SamplingParams(temperature=1.0, n=2, max_new_tokens=8), seed=3)
     assert rb.size == 6 and rb.prompt_ids.shape == rb.prompt_mask.shape
     assert (rb.prompt_mask.sum(-1) == torch.tensor([5, 5, 7, 7, 2, 2])).all()
     assert (rb.prompt_ids[:, -1] != 0).all() and rb.prompt_mask[4, 0] == 0  # left padded
@@ -128,7 +140,7 @@ def test_policy_logprobs_match_trainer(model, tok):
 
 def test_sequence_logprobs_gradients_flow(tok):
     model = _make_model("sdpa").train()
-    rb = HFEngine(model, tok).generate(["1+2="], SamplingParams(max_new_tokens=4, seed=0))
+    rb = _generate(_engine(model, tok), ["1+2="], SamplingParams(max_new_tokens=4), seed=0)
     assert model.training  # mode restored after generation
     logp, ent = sequence_logprobs(model, rb.prompt_ids, rb.prompt_mask, rb.response_ids, rb.response_mask)
     assert ent is None
@@ -138,8 +150,8 @@ def test_sequence_logprobs_gradients_flow(tok):
 
 def test_sample_logprobs_with_truncation(model, tok):
     """(b) sample log-probs follow the processed distribution; policy log-probs stay at T=1."""
-    params = SamplingParams(temperature=0.7, top_k=5, top_p=0.9, n=3, max_new_tokens=8, seed=11)
-    rb = HFEngine(model, tok).generate(PROMPTS, params)
+    params = SamplingParams(temperature=0.7, top_k=5, top_p=0.9, n=3, max_new_tokens=8)
+    rb = _generate(_engine(model, tok), PROMPTS, params, seed=11)
     raw = _raw_response_logits(model, rb)
     n, r, v = raw.shape
     processed = process_logits(raw.reshape(n * r, v), params).reshape(n, r, v)
@@ -155,23 +167,25 @@ def test_sample_logprobs_with_truncation(model, tok):
 
 def test_seed_determinism(tok):
     model = _make_model("sdpa")
-    eng = HFEngine(model, tok)
-    params = SamplingParams(n=4, max_new_tokens=8, seed=5)
-    a = eng.generate(PROMPTS, params)
-    b = eng.generate(PROMPTS, params)
-    c = eng.generate(PROMPTS, params.model_copy(update={"seed": 6}))
+    eng = _engine(model, tok)
+    params = SamplingParams(n=4, max_new_tokens=8)
+    a = _generate(eng, PROMPTS, params, seed=5)
+    b = _generate(eng, PROMPTS, params, seed=5)
+    c = _generate(eng, PROMPTS, params, seed=6)
     assert torch.equal(a.response_ids, b.response_ids) and a.response_texts == b.response_texts
     assert torch.equal(a.policy_logprobs, b.policy_logprobs)
     assert a.response_ids.shape != c.response_ids.shape or not torch.equal(a.response_ids, c.response_ids)
-    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
-    d = eng.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=6), generator=g1)
-    e = eng.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=6), generator=g2)
+    # the integer seed is all the randomness a call gets: the global RNG state does not matter
+    torch.manual_seed(0)
+    d = _generate(eng, PROMPTS, SamplingParams(n=2, max_new_tokens=6), seed=9)
+    torch.manual_seed(1)
+    e = _generate(eng, PROMPTS, SamplingParams(n=2, max_new_tokens=6), seed=9)
     assert torch.equal(d.response_ids, e.response_ids)
 
 
 def test_greedy_matches_manual_loop(model, tok):
     """(d) greedy with the KV cache equals a cache-free argmax loop."""
-    rb = HFEngine(model, tok).generate(["12+3="], SamplingParams(temperature=0.0, max_new_tokens=10))
+    rb = _generate(_engine(model, tok), ["12+3="], SamplingParams(temperature=0.0, max_new_tokens=10))
     ids = torch.tensor([tok("12+3=")["input_ids"]])
     manual = []
     with torch.no_grad():
@@ -203,8 +217,8 @@ def test_eos_and_stop_token(tok):
     """(e) eos (always a stop) and extra stop ids are kept with mask 1; other rows end on 'length'."""
     eos = tok.eos_token_id
     model = _bias_head(_make_model("sdpa"), {eos: 1.0})
-    eng = HFEngine(model, tok)
-    rb = eng.generate(["1+2=", "3"], SamplingParams(n=8, max_new_tokens=4, seed=0))
+    eng = _engine(model, tok)
+    rb = _generate(eng, ["1+2=", "3"], SamplingParams(n=8, max_new_tokens=4), seed=0)
     _check_stop_rows(rb, eos, 4)
     stop_rows = [i for i, r in enumerate(rb.finish_reasons) if r == FINISH_STOP]
     i = stop_rows[0]
@@ -214,7 +228,7 @@ def test_eos_and_stop_token(tok):
 
     x = tok.convert_tokens_to_ids("x")
     model = _bias_head(_make_model("sdpa"), {x: 1.0, eos: -100.0})  # only x stops
-    rb = HFEngine(model, tok).generate(["1+2="], SamplingParams(n=12, max_new_tokens=4, seed=1, stop_token_ids=[x]))
+    rb = _generate(_engine(model, tok), ["1+2="], SamplingParams(n=12, max_new_tokens=4, stop_token_ids=[x]), seed=1)
     _check_stop_rows(rb, x, 4)
     assert all(t.endswith("x") for t, r in zip(rb.response_texts, rb.finish_reasons) if r == FINISH_STOP)
 
@@ -223,7 +237,7 @@ def test_ignore_eos_samples_to_the_length_limit(tok):
     """ignore_eos: eos is sampled like any token and every row runs to max_new_tokens."""
     eos = tok.eos_token_id
     model = _bias_head(_make_model("sdpa"), {eos: 3.0})
-    rb = HFEngine(model, tok).generate(["1+2="], SamplingParams(n=6, max_new_tokens=5, seed=0, ignore_eos=True))
+    rb = _generate(_engine(model, tok), ["1+2="], SamplingParams(n=6, max_new_tokens=5, ignore_eos=True), seed=0)
     assert rb.finish_reasons == [FINISH_LENGTH] * 6
     assert rb.response_mask.sum(-1).tolist() == [5] * 6
     assert (rb.response_ids == eos).any()  # eos was sampled and did not stop the row
@@ -233,8 +247,8 @@ def test_stop_string(tok):
     """(f) generation ends once the decoded response contains a stop string."""
     a, b = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")
     model = _bias_head(_make_model("sdpa"), {a: 4.0, b: 6.0, tok.eos_token_id: -100.0, tok.unk_token_id: -100.0, tok.pad_token_id: -100.0})
-    params = SamplingParams(n=12, max_new_tokens=6, seed=2, stop_strings=["aa"])
-    rb = HFEngine(model, tok).generate(["1+2="], params)
+    params = SamplingParams(n=12, max_new_tokens=6, stop_strings=["aa"])
+    rb = _generate(_engine(model, tok), ["1+2="], params, seed=2)
     assert FINISH_STOP in rb.finish_reasons and FINISH_LENGTH in rb.finish_reasons
     for text, reason, length in zip(rb.response_texts, rb.finish_reasons, rb.response_mask.sum(-1).tolist()):
         if reason == FINISH_STOP:
@@ -267,10 +281,10 @@ def test_process_logits_hand_example():
 
 def test_left_padding_invariance(model, tok):
     """(h) a left-padded row gives the same tokens and log-probs as the prompt alone."""
-    eng = HFEngine(model, tok)
+    eng = _engine(model, tok)
     params = SamplingParams(temperature=0.0, max_new_tokens=8)
-    alone = eng.generate(["7+1="], params)
-    batch = eng.generate(["7+1=", "123+456=7"], params)
+    alone = _generate(eng, ["7+1="], params)
+    batch = _generate(eng, ["7+1=", "123+456=7"], params)
     assert batch.prompt_mask[0].tolist()[:5] == [0] * 5
     length = int(alone.response_mask.sum())
     assert torch.equal(batch.response_ids[0, :length], alone.response_ids[0, :length])
