@@ -12,18 +12,31 @@ from rlfold.core.registry import (
 )
 
 
-def source_of(obj: Any) -> str:
-    """``package/module.py:line`` of a function or class (its registered object), relative to the package."""
-    target = getattr(obj, "reduce", None) if type(obj).__name__ == "Aggregation" else obj
-    target = inspect.unwrap(target) if callable(target) else target
+def _relative(path: Path, line: int) -> str:
+    parts = path.parts
+    rel = Path(*parts[parts.index("rlfold"):]) if "rlfold" in parts else path
+    return f"{rel}:{line}"
+
+
+def source_of(obj: Any, name: str | None = None) -> str:
+    """``rlfold/module.py:line`` where a registered part is defined (its registration decorator, or for a
+    part that is a value rather than a function, e.g. an ``Aggregation``, the line that names it)."""
+    if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+        fn = next((v for v in vars(obj).values() if inspect.isfunction(v)), None) if hasattr(obj, "__dict__") else None
+        module = inspect.getmodule(fn) if fn is not None else None
+        path = Path(inspect.getsourcefile(module)) if module is not None else None
+        if path is None:
+            return "<unknown>"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        line = next((i for i, text in enumerate(lines, 1) if name and f'"{name}"' in text), 1)
+        return _relative(path, line)
+    target = inspect.unwrap(obj)
     try:
         path = Path(inspect.getsourcefile(target) or "?")
         line = inspect.getsourcelines(target)[1]
     except (TypeError, OSError):
         return "<unknown>"
-    parts = path.parts
-    rel = Path(*parts[parts.index("rlfold"):]) if "rlfold" in parts else path
-    return f"{rel}:{line}"
+    return _relative(path, line)
 
 
 def recipe_parts_with_sources(cfg: Any) -> list[tuple[str, str, str]]:
@@ -46,7 +59,7 @@ def recipe_parts_with_sources(cfg: Any) -> list[tuple[str, str, str]]:
     if a.kl_coef:
         named.append(("kl estimator", a.kl_estimator, KL_ESTIMATORS))
     named += [("selection", x.name, SELECTIONS) for x in a.selection]
-    return [(role, name, source_of(reg.get(name))) for role, name, reg in named]
+    return [(role, name, source_of(reg.get(name), name)) for role, name, reg in named]
 
 
 __all__ = ["recipe_parts_with_sources", "source_of"]
