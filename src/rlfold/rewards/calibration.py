@@ -99,9 +99,3 @@ def rewarding_doubt(
         out.append(doubt_score(check(answer, p.answer), conf, scale=scale, eps=eps, normalize=normalize,
                                correct_bonus=correct_bonus, invalid_reward=invalid_reward))
     return out
-
-
-# The multi-attempt names lived here before rlfold.rewards.multi_attempt; re-exported until the last
-# importer of the old path (tests/rollout/test_multi_attempt.py) moves to the new one.
-# Imported last so that rewarding_doubt registers before multi_attempt, as before the split.
-from rlfold.rewards.multi_attempt import attempt_verifier, split_attempts  # noqa: E402,F401
