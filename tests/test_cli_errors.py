@@ -157,7 +157,7 @@ def test_reward_raising_mid_run_keeps_the_last_checkpoint(capsys, tmp_path):
     root = run_dir / ckpt.CKPT_DIR
     assert (root / ckpt.LATEST).read_text().strip() == "step_0000002"
     assert ckpt.latest_checkpoint(run_dir) == root / "step_0000002"
-    assert ckpt.load_state(root / "step_0000002")["step"] == 2
+    assert ckpt.load_state(root / "step_0000002")["loop"]["step"] == 2
     model = AutoModelForCausalLM.from_pretrained(root / "step_0000002", local_files_only=True)
     assert model.config.model_type
     assert not list(root.glob(".tmp-*"))

@@ -48,6 +48,6 @@ def test_recipes_command_lists_every_recipe_with_its_paper_and_parts(capsys):
     flat = " ".join(out.split())
     for recipe in RECIPES:
         assert recipe in out
-    for word in ("arXiv 2503.14476", "dynamic sampling", "select pf_ppo", "separate critic", "seq-mean-token-sum-norm",
+    for word in ("arXiv 2503.14476", "filter dynamic_sampling", "select pf_ppo", "separate critic", "seq-mean-token-sum-norm",
                  "gspo", "cispo", "remax", "KL k1 x 0.001 in the reward"):
         assert word in flat, word

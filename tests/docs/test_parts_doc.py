@@ -25,7 +25,7 @@ def test_yaml_recipe_example_trains(tmp_path, capsys):
     recipe.write_text(_block("yaml"))
     assert main(["train", str(recipe), f"run_dir={tmp_path / 'run'}", *SMALL]) == 0, capsys.readouterr().err
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert "dynamic_sampling/gen_batches" in rows[-1] and "sampling/importance_sampling_ratio/mean" in rows[-1]
+    assert "rollout/gen_batches" in rows[-1] and "sampling/importance_sampling_ratio/mean" in rows[-1]
 
 
 def test_registered_parts_example_trains(tmp_path, capsys):

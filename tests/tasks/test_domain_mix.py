@@ -104,9 +104,11 @@ def test_mix_sampler_draws_prompts_of_the_drawn_domain_uniformly():
 def test_mix_sampler_record_completed_steers_the_mix():
     data, mix = _mix(warmup=0)
     mix.record_completed(data["math"] * 6)  # 30 math completions
-    mix.record_completed([Prompt("c1", "1", {})] * 5 + [Prompt("zz", "?", {"domain": "code"})] * 5)
+    # the sampler protocol's entry point (what the collector calls) counts the same way
+    mix.on_completed([Prompt("c1", "1", {})] * 5 + [Prompt("zz", "?", {"domain": "code"})] * 5)
     assert mix.domain_sampler.counts == {"math": 30, "code": 10}
     assert mix.probabilities() == pytest.approx({"math": 0.25, "code": 0.75})
+    assert mix.metrics() == pytest.approx({"sampling/domain_p/math": 0.25, "sampling/domain_p/code": 0.75})
     with pytest.raises(KeyError, match="domain"):
         mix.record_completed([Prompt("unknown", "?", {})])
 
