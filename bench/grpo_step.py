@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from rlfold.core.config_loader import load_config
-from rlfold.trainers.online import OnlineTrainer
+from rlfold.trainers.loop import build_run
 
 RECIPE = Path(__file__).resolve().parent.parent / "src" / "rlfold" / "recipes" / "grpo.yaml"
 KEYS = ("timing_s/gen", "timing_s/reward", "timing_s/update", "timing_s/step", "perf/tokens_per_s")
@@ -31,9 +31,9 @@ def bench(model: str, length: int, b: int, g: int, steps: int, threads: int) -> 
             f"train.prompts_per_step={b}", f"rollout.n={g}", f"train.steps={steps + 1}", f"run_dir={tmp}",
             "log.progress=false", f"threads={threads}", "task.held_out_size=8",
         ])
-        trainer = OnlineTrainer(cfg, Path(tmp))
-        trainer.train_step()  # warm-up
-        rows = [trainer.train_step().metrics for _ in range(steps)]
+        trainer = build_run(cfg, Path(tmp)).trainer
+        trainer.step(0)  # warm-up
+        rows = [trainer.step(i).metrics for i in range(1, steps + 1)]
     return {k: statistics.mean(r[k] for r in rows) for k in KEYS}
 
 

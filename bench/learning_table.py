@@ -22,7 +22,7 @@ import torch
 
 from rlfold.cli import RECIPES_DIR
 from rlfold.core.config_loader import load_config
-from rlfold.trainers.online import OnlineTrainer
+from rlfold.trainers.loop import build_run
 
 ACCEPTANCE = ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp", "ppo"]
 
@@ -35,10 +35,10 @@ def train_recipe(recipe: str, seed: int, threads: int, overrides: list[str]) -> 
             "eval.every=0", "checkpoint.every=0", *overrides,
         ])
         start = time.perf_counter()
-        trainer = OnlineTrainer(cfg, Path(cfg.run_dir))
-        rows = trainer.fit()
+        run = build_run(cfg, Path(cfg.run_dir))
+        rows = run.fit()
         minutes = (time.perf_counter() - start) / 60
-    task = trainer.task.name
+    task = run.trainer.task.name
     evals = [r for r in rows if f"val/{task}/acc" in r]
     return evals[0], evals[-1], minutes, cfg.train.steps, task
 
