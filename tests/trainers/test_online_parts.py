@@ -428,6 +428,10 @@ def test_critic_lam_decouples_the_targets(tmp_path):
     assert trainer.critic.lam == 1.0
     assert trainer.cfg.algo.advantage_kwargs["lam"] == 0.95
     assert _trainer(tmp_path, [], recipe=PPO, name="other").critic.lam == 0.95
+    # the critic's targets no longer follow the actor's GAE options: only critic.* sets them
+    critic = _trainer(tmp_path, ["algo.advantage_kwargs={gamma: 0.9, lam: 0.5, whiten: true, egae: true}"],
+                      recipe=PPO, name="third").critic
+    assert (critic.gamma, critic.lam, critic.egae) == (1.0, 0.95, False)
 
 
 @pytest.mark.parametrize("model", ["separate", "shared"])
