@@ -73,3 +73,45 @@ def test_copy_engine_trains_grpo_like_the_shared_engine(tmp_path):
     assert abs(shared - copied) <= 0.03, (shared, copied)
     train_rows = [r for r in rows if r["step"] > 0]
     assert all("timing_s/old" in r and r["sampling/sampling_logp_difference/max"] < 1e-3 for r in train_rows)
+
+
+class _Recorder:
+    """Wraps an engine and records the contract calls, asserting generation only while awake."""
+
+    def __init__(self, inner):
+        self.inner, self.log, self.asleep = inner, [], False
+        self.pad_id, self.shares_weights = inner.pad_id, inner.shares_weights
+
+    def generate(self, requests, params, seed):
+        assert not self.asleep, "generate() on a sleeping engine"
+        self.log.append(f"generate T={params.temperature:g}")
+        return self.inner.generate(requests, params, seed)
+
+    def update_weights(self, named, streamed=False):
+        assert not self.asleep, "update_weights() on a sleeping engine"
+        self.log.append("update_weights")
+        self.inner.update_weights(named, streamed)
+
+    def sleep(self):
+        self.asleep = True
+        self.log.append("sleep")
+
+    def wake(self):
+        self.asleep = False
+        self.log.append("wake")
+
+
+@pytest.mark.parametrize("recipe", ["grpo", "remax"])
+def test_engine_sleeps_through_the_update_and_wakes_for_generation_and_weights(tmp_path, recipe):
+    run = build_run(load_config(f"src/rlfold/recipes/{recipe}.yaml", [*TINY, *COPY[:1]]), tmp_path / "run")
+    rec = _Recorder(run.trainer.engine)
+    run.trainer.engine = run.trainer.collector.engine = rec
+    run.trainer.step(0)
+    run.trainer.step(1)
+    log = rec.log
+    assert log.count("update_weights") == 2 and log[-1] == "update_weights" and log[-2] == "wake"
+    # every generation happens between a wake and the next sleep; the update runs asleep
+    if recipe == "remax":  # the greedy baseline of stage 4 generates after the collect stage
+        assert "generate T=0" in log
+    first_update = log.index("update_weights")
+    assert log[first_update - 2:first_update] == ["sleep", "wake"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +53,20 @@ class RolloutCollector:
     def generate_and_score(self, prompts: list[Prompt], params: SamplingParams, group_ids: torch.Tensor,
                            step: int, *key: int | str) -> tuple[RolloutBatch, Scored]:
         """One engine call on ``prompts`` with ``params`` (seeded by ``key``), then the scorer."""
-        roll = self.engine.generate(requests_for(prompts), params, derive_seed(self.seed, *key))
+        with self.awake():
+            roll = self.engine.generate(requests_for(prompts), params, derive_seed(self.seed, *key))
         reps = [p for p in prompts for _ in range(params.n)]
         return roll, self.scorer(reps, roll, group_ids, step)
+
+    @contextmanager
+    def awake(self) -> Iterator[None]:
+        """The engine holds its memory only while this collector generates (``wake``/``sleep`` are
+        idempotent), so a colocated trainer gets it back for the update."""
+        self.engine.wake()
+        try:
+            yield
+        finally:
+            self.engine.sleep()
 
     def _keep(self, scored: Scored, group_ids: torch.Tensor) -> torch.Tensor:
         keep = torch.ones(group_ids.shape[0], dtype=torch.bool)
@@ -64,19 +76,29 @@ class RolloutCollector:
             keep &= fn(inp, **kwargs)
         return keep
 
-    def collect(self, step: int) -> Sampled:
-        """Generate and score B groups; with group filters, refill until B groups pass or the rounds run out."""
+    def collect(self, step: int, purpose: str = "rollout") -> Sampled:
+        """Generate and score B groups; with group filters, refill until B groups pass or the rounds run out.
+
+        ``step`` is the training step the rollouts belong to (the shaping parts see it); ``purpose``
+        names the call in the seeds, so collections outside the training steps (value pretraining)
+        draw their own random numbers."""
+        group_ids = torch.arange(self.b).repeat_interleave(self.params.n)
+        with self.awake():
+            seen, kept, n_kept, t_gen, t_reward = self._rounds(step, purpose, group_ids)
+        return self._assemble(seen, kept, n_kept, t_gen, t_reward)
+
+    def _rounds(self, step: int, purpose: str, group_ids: torch.Tensor) -> tuple[list, list, int, float, float]:
+        """Generation rounds until the group filters kept B groups (one round without filters)."""
         n, b = self.params.n, self.b
         seen: list[tuple[RolloutBatch, list[Prompt], Scored]] = []
         kept: list[torch.Tensor] = []
         t_gen = t_reward = 0.0
         n_kept = 0
-        group_ids = torch.arange(b).repeat_interleave(n)
         for round_ in range(self.rounds):
             prompts = self.sampler.next(b)
             t0 = time.perf_counter()
             roll = self.engine.generate(requests_for(prompts), self.params,
-                                        derive_seed(self.seed, "rollout", step, round_))
+                                        derive_seed(self.seed, purpose, step, round_))
             t_gen += time.perf_counter() - t0
             reps = [p for p in prompts for _ in range(n)]
             t0 = time.perf_counter()
@@ -91,6 +113,12 @@ class RolloutCollector:
             n_kept += int(keep.sum()) // n
             if n_kept >= b:
                 break
+        return seen, kept, n_kept, t_gen, t_reward
+
+    def _assemble(self, seen: list[tuple[RolloutBatch, list[Prompt], Scored]], kept: list[torch.Tensor],
+                  n_kept: int, t_gen: float, t_reward: float) -> Sampled:
+        """One batch of the kept rows of every round (metrics over every generated row)."""
+        n, b = self.params.n, self.b
         all_roll = RolloutBatch.concat([x[0] for x in seen], self.engine.pad_id)
         width = all_roll.response_ids.shape[1]
         all_reps = [p for x in seen for p in x[1]]

@@ -152,7 +152,8 @@ class OnlineStep:
     def begin(self) -> dict[str, float]:
         metrics = self.evaluate()
         if self.critic is not None and self.cfg.critic.pretrain_steps:
-            metrics.update(self.critic.pretrain(lambda i: self.collector.collect(-1 - i), self.cfg.critic.pretrain_steps,
+            metrics.update(self.critic.pretrain(lambda i: self.collector.collect(0, f"value_pretraining/{i}"),
+                                                self.cfg.critic.pretrain_steps,
                                                 self.aggregation, self.max_len, self.cfg.log.progress))
         return metrics
 
@@ -170,7 +171,6 @@ class OnlineStep:
     def step(self, index: int) -> StepResult:
         t_step = time.perf_counter()
         s = self.collector.collect(index)                                        # 1. collect
-        self.engine.sleep()
         lp = self.logprobs(s)                                                    # 2. old / ref log-probs
         rewards, token_rewards, kl_tokens, kl_metrics = self.kl_stage(s, lp)     # 3. KL
         ctx = StepContext(step=index, prompts=s.prompts, roll=s.roll, scores=s.scores, rewards=rewards,
@@ -309,10 +309,10 @@ class OnlineStep:
         return terms
 
     def sync_weights(self) -> None:
-        """The new weights reach the engines (a no-op for engines that share the trainer's tensors)."""
-        self.engine.wake()
+        """The new weights reach the engines, awake (a no-op for engines that share the trainer's tensors)."""
         for engine in (self.engine, self.eval_engine):
             if not engine.shares_weights:
+                engine.wake()
                 engine.update_weights(self.model.named_parameters(), streamed=True)
 
     def samples(self, s: Sampled, rewards: Tensor, adv: Tensor) -> list[dict[str, Any]]:
