@@ -291,3 +291,67 @@ def test_left_padding_invariance(model, tok):
     assert int(batch.response_mask[0].sum()) == length
     assert torch.allclose(batch.policy_logprobs[0, :length], alone.policy_logprobs[0, :length], atol=1e-5)
     assert batch.response_texts[0] == alone.response_texts[0]
+
+
+class _Output(dict):
+    """A model output as a mapping with attribute access (what ``ModelOutput`` is)."""
+
+    __getattr__ = dict.__getitem__
+
+
+class _OldCacheName(torch.nn.Module):
+    """A causal LM whose ``forward`` takes and returns its cache as ``past_key_values`` (transformers 4.x,
+    remote code), wrapping one that uses the new name."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep)
+        return _Output(logits=out.logits, past_key_values=out["cache"])
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+
+def _deprecated_cache_name(record) -> bool:
+    return "past_key_values" in str(getattr(record, "message", record))
+
+
+def test_no_cache_deprecation_warning(model, tok, caplog):
+    """Generation passes the KV cache by the name the model's forward takes: transformers warns about none."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    getattr(hf_logging.get_logger("x").warning_once, "cache_clear", lambda: None)()  # re-arm warning_once
+    hf_logger = hf_logging.get_logger("transformers")
+    hf_logger.addHandler(caplog.handler)
+    try:
+        with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING, logger="transformers"):
+            warnings.simplefilter("always")
+            _generate(_engine(model, tok), PROMPTS, SamplingParams(n=2, max_new_tokens=6), seed=0)
+    finally:
+        hf_logger.removeHandler(caplog.handler)
+    assert not [w for w in seen if _deprecated_cache_name(w)], [str(w.message) for w in seen]
+    assert not [r for r in caplog.records if _deprecated_cache_name(r.getMessage())]
+
+
+def test_old_cache_argument_name_gives_the_same_rollouts(tok):
+    """A model taking ``past_key_values`` (the name before transformers 5) samples exactly the same."""
+    model = _make_model("sdpa")
+    params = SamplingParams(n=3, max_new_tokens=8, temperature=0.9)
+    new = _generate(_engine(model, tok), PROMPTS, params, seed=4)
+    old_eng = _engine(_OldCacheName(model), tok)
+    assert old_eng._cache_arg == "past_key_values" and _engine(model, tok)._cache_arg == "cache"
+    old = _generate(old_eng, PROMPTS, params, seed=4)
+    assert torch.equal(new.response_ids, old.response_ids) and new.response_texts == old.response_texts
+    assert torch.equal(new.policy_logprobs, old.policy_logprobs)
+    assert torch.equal(new.sample_logprobs, old.sample_logprobs)

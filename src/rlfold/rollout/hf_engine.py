@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from typing import Iterable, Literal, Sequence
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from rlfold.core import registry
 from rlfold.core.errors import ConfigError, DataError
@@ -18,6 +20,33 @@ from rlfold.rollout.base import EngineContext, GenerationRequest
 from rlfold.rollout.sampling import SamplingParams, process_logits
 
 ENGINES = registry.ENGINES
+
+# transformers 5.x renamed the KV-cache argument and output field ``past_key_values`` -> ``cache``; the old
+# name still works there with a deprecation warning until 5.40. The name is chosen per model, so a model
+# whose forward still takes ``past_key_values`` (transformers 4.x, remote code) keeps working.
+_NEW_CACHE, _OLD_CACHE = "cache", "past_key_values"
+
+
+def _library_cache_name() -> str:
+    """The cache name of the installed transformers' causal-LM outputs."""
+    return _NEW_CACHE if _NEW_CACHE in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else _OLD_CACHE
+
+
+def _cache_argument(forward_params) -> str:
+    """The keyword a model's ``forward`` takes its KV cache by (the library's name for ``**kwargs`` wrappers)."""
+    for name in (_NEW_CACHE, _OLD_CACHE):
+        if name in forward_params:
+            return name
+    return _library_cache_name()
+
+
+def _returned_cache(model, out):
+    """The KV cache in a forward's output, read by key so that no deprecated alias is touched."""
+    for name in (_NEW_CACHE, _OLD_CACHE):
+        if name in out.keys():
+            return out[name]
+    raise ConfigError(f"hf engine: {type(model).__name__}.forward(use_cache=True) returned no KV cache "
+                      f"(output fields: {', '.join(out.keys())}); the engine needs a model that caches")
 
 
 @ENGINES.register("hf")
@@ -48,9 +77,11 @@ class HFEngine:
         self.pad_id = int(pad)
         self.eos_id = tokenizer.eos_token_id
         try:
-            self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+            forward_params = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
-            self._keep_arg = False
+            forward_params = {}
+        self._keep_arg = "logits_to_keep" in forward_params
+        self._cache_arg = _cache_argument(forward_params)
 
     # ------------------------------------------------------------ weights, memory
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None:
@@ -103,10 +134,9 @@ class HFEngine:
 
     def _forward(self, ids, mask, pos, cache):
         kwargs = {"logits_to_keep": 1} if self._keep_arg else {}
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **kwargs
-        )
-        return out.logits[:, -1, :].float(), out.past_key_values
+        kwargs[self._cache_arg] = cache
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
+        return out.logits[:, -1, :].float(), _returned_cache(self.model, out)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
