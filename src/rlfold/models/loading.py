@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from rlfold.core.errors import ModelLoadError
+from rlfold.models.portable import PreTrainedTokenizerFast
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -56,14 +55,16 @@ def resolve_model_path(path: str) -> Path:
     raise ModelLoadError(f"model path {path!r} {what}{hint} (shipped models: {', '.join(shipped) or 'none'})")
 
 
-# Tokenizer classes that mean "the tokenizers pipeline in tokenizer.json, as saved". AutoTokenizer maps
-# them to the model type's class (Qwen2Tokenizer for a Qwen2 config), which rebuilds a BPE
-# pipeline and, for the character-level tiny models, silently drops spaces.
+# Tokenizer classes that mean "the tokenizers pipeline in tokenizer.json, as saved". transformers 5's
+# AutoTokenizer maps them to the model type's class for some types (Qwen2Tokenizer for a Qwen2 config),
+# which rebuilds a byte-level BPE pipeline around the vocabulary; rlfold loads the pipeline as saved.
+# Tokenizers that rlfold builds are saved so that both agree (rlfold.models.portable).
 _GENERIC_FAST = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 
 
 def _tokenizer_class(directory: Path) -> type:
-    """``PreTrainedTokenizerFast`` when the directory declares a generic tokenizers-backed class, else AutoTokenizer."""
+    """rlfold's ``PreTrainedTokenizerFast`` (saves as that portable class name) when the directory declares a
+    generic tokenizers-backed class, else AutoTokenizer."""
     cfg = directory / "tokenizer_config.json"
     try:
         declared = json.loads(cfg.read_text(encoding="utf-8")).get("tokenizer_class") if cfg.is_file() else None

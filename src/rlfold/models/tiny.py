@@ -5,14 +5,18 @@ from __future__ import annotations
 import string
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from rlfold.models.portable import PreTrainedTokenizerFast, protect_byte_level_rewrites
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
 
 
 def build_char_tokenizer(characters: list[str] | None = None) -> PreTrainedTokenizerFast:
-    """One token per character (default: printable ASCII); ``<bos>`` is prepended, ``<eos>`` ends an answer."""
+    """One token per character (default: printable ASCII); ``<bos>`` is prepended, ``<eos>`` ends an answer.
+
+    Saved, it loads the same with plain ``AutoTokenizer`` (see :mod:`rlfold.models.portable`)."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + (characters or CHARACTERS))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
@@ -20,6 +24,7 @@ def build_char_tokenizer(characters: list[str] | None = None) -> PreTrainedToken
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
+    protect_byte_level_rewrites(tok)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",
