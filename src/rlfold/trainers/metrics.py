@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -11,10 +12,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from rlfold.core.errors import RlfoldError
 from rlfold.core.types import FINISH_LENGTH, RolloutBatch
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
+
+
+class RunDirError(RlfoldError):
+    """The run directory cannot be created, written or locked (names the path and the operation)."""
 
 
 def _clean(v: Any) -> Any:
@@ -24,18 +30,53 @@ def _clean(v: Any) -> Any:
 
 
 class JsonlLog:
-    """Append-only JSON-lines file, flushed on every write so a killed run keeps its rows."""
+    """Append-only JSON-lines file, flushed on every write so a killed run keeps its rows.
+
+    An ``OSError`` (read-only or full disk, a vanished directory) becomes a ``RunDirError`` naming the
+    file and the operation; ``close`` is idempotent.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = path.open("a", encoding="utf-8")
+        self._fh = None
+        try:
+            self._fh = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise RunDirError(f"cannot open {path} for appending: {_reason(exc)}") from exc
 
     def write(self, row: dict[str, Any]) -> None:
-        self._fh.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
-        self._fh.flush()
+        if self._fh is None:
+            raise RunDirError(f"cannot append to {self.path}: the log is closed")
+        try:
+            self._fh.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            raise RunDirError(f"cannot append to {self.path}: {_reason(exc)}") from exc
 
     def close(self) -> None:
-        self._fh.close()
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return
+        try:
+            fh.close()  # closes the file even when the final flush fails
+        except OSError as exc:
+            raise RunDirError(f"cannot finish writing {self.path}: {_reason(exc)}") from exc
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def close_all(logs: Iterable[JsonlLog], primary: BaseException | None) -> None:
+    """Close every log; a failure is raised only when no earlier exception (``primary``) is on its way out."""
+    first: RunDirError | None = None
+    for log in logs:
+        try:
+            log.close()
+        except RunDirError as exc:
+            first = first or exc
+    if first is not None and primary is None:
+        raise first
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -52,9 +93,30 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def truncate_after_step(path: Path, step: int) -> None:
-    """Drop rows logged after ``step`` (used on resume, so metrics are not duplicated)."""
-    rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    """Drop rows logged after ``step`` (used on resume, so metrics are not duplicated).
+
+    Rows are in step order, so this cuts the file after the last row of step <= ``step`` (and before a
+    torn line): one ``truncate`` call, the kept rows byte for byte as they were.
+    """
+    if not path.is_file():
+        return
+    keep = 0
+    try:
+        with path.open("rb") as fh:
+            for line in fh:
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                        if int(row.get("step", 0)) > step:
+                            break
+                    except (ValueError, TypeError, AttributeError):
+                        break  # a torn last line from a killed process
+                if not line.endswith(b"\n"):
+                    break
+                keep += len(line)
+        os.truncate(path, keep)
+    except OSError as exc:
+        raise RunDirError(f"cannot truncate {path}: {_reason(exc)}") from exc
 
 
 def _nanmean(x: torch.Tensor) -> float:
