@@ -32,17 +32,30 @@ def _run_dir(cfg, resume: str | None) -> Path:
     if resume:
         return Path(resume)
     if cfg.run_dir:
-        return Path(cfg.run_dir)
-    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return Path(cfg.run_dir)  # an explicit run_dir is the user's choice
+    name = str(cfg.name)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+        raise RlfoldError(f"name={name!r} cannot name the default run directory runs/<name>-<time>: it must be a "
+                          "plain name (no '/', '\\' or '..', not starting with '.'); choose another name, or set "
+                          "run_dir= explicitly")
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _resume_hint(run_dir: Path) -> str:
-    from rlfold.trainers.checkpoint import latest_checkpoint
+    """Which checkpoint a ``--resume`` would continue from (read-only: another process may hold the directory)."""
+    from rlfold.trainers.checkpoint import latest_checkpoint, newest_intact, verify_checkpoint
 
-    latest = latest_checkpoint(run_dir)
-    if latest is None:
-        return f"\nno checkpoint was written yet in {run_dir}"
-    return f"\nthe latest checkpoint ({latest.name}) is intact; continue with --resume {run_dir}"
+    try:
+        latest = latest_checkpoint(run_dir, clean=False)
+        if latest is not None and not verify_checkpoint(latest):
+            return f"\nthe latest checkpoint ({latest.name}) is intact; continue with --resume {run_dir}"
+        good = newest_intact(run_dir)
+    except OSError:
+        return ""
+    if good is not None:
+        return (f"\nthe newest intact checkpoint is {good.name}; continue with --resume {run_dir} "
+                f"--from-checkpoint {good.name}")
+    return f"\nno checkpoint was written yet in {run_dir}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -57,10 +70,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
+    from_checkpoint = getattr(args, "from_checkpoint", None)
+    if from_checkpoint is not None and not args.resume:
+        raise RlfoldError(f"--from-checkpoint {from_checkpoint} needs --resume RUN_DIR")
     run_dir = _run_dir(cfg, args.resume)
     if args.resume and not run_dir.is_dir():
         raise RlfoldError(f"--resume {run_dir}: no such run directory")
-    run = build_run(cfg, run_dir, resume=bool(args.resume))
+    run = build_run(cfg, run_dir, resume=bool(args.resume), from_checkpoint=from_checkpoint)
     try:
         rows = run.fit()
     except (RlfoldError, KeyboardInterrupt) as exc:
@@ -213,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true",
                    help="validate, print the resolved configuration as YAML and exit without training")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue from RUN_DIR's latest checkpoint")
+    p.add_argument("--from-checkpoint", metavar="STEP_DIR", default=None,
+                   help="with --resume: continue from this checkpoint (e.g. step_0000025, or 25) instead of the "
+                        "latest; later checkpoints are moved aside, not deleted")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="greedy accuracy and pass@k on held-out prompts")
