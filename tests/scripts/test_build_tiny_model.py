@@ -13,7 +13,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "src" / "rlfold" / "assets" / "t
 
 def _build(out: Path) -> str:
     subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--steps", "15", "--batch-size", "32"],
-                   check=True, capture_output=True, timeout=300)
+                   check=True, capture_output=True)
     return hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
 
 

@@ -59,12 +59,11 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     plugin = tmp_path / "slow_plugin.py"
     plugin.write_text(PLUGIN)
     ref_dir, killed_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    subprocess.run(_cli(_args(plugin, ref_dir)), check=True, capture_output=True, timeout=300)
+    subprocess.run(_cli(_args(plugin, ref_dir)), check=True, capture_output=True)
 
     proc = subprocess.Popen(_cli(_args(plugin, killed_dir)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = killed_dir / ckpt.CKPT_DIR / ckpt.LATEST
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:
         if latest.is_file() and latest.read_text().strip() >= "step_0000004":
             break
         time.sleep(0.02)
@@ -75,7 +74,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     assert not (killed_dir / "final").exists()
 
     resumed = subprocess.run(_cli([*_args(plugin, killed_dir), "--resume", str(killed_dir)]),
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     ref, got = _params(ref_dir), _params(killed_dir)
     assert ref.keys() == got.keys()
