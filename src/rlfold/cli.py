@@ -11,6 +11,7 @@ from pathlib import Path
 from rlfold.core.errors import RlfoldError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+DEFAULT_EVAL_SIZE = 200  # generated held-out prompts of `rlfold eval` without --size
 
 
 def resolve_recipe(name_or_path: str) -> Path:
@@ -111,14 +112,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlfold.tasks import TASKS
     from rlfold.trainers.evaluate import evaluate
 
+    for flag, value in (("--k", args.k), ("--size", args.size), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise RlfoldError(f"{flag} must be at least 1, got {value}")
     model, tokenizer = load_model_and_tokenizer(args.model)
-    task = TASKS.get(args.task)(levels=args.levels, held_out_size=args.size, seed=args.seed,
-                                held_out_file=args.data)
+    size = args.size if args.size is not None else DEFAULT_EVAL_SIZE
+    task = TASKS.get(args.task)(levels=args.levels, held_out_size=size, seed=args.seed, held_out_file=args.data)
+    held_out = task.held_out[: args.size] if args.size is not None else task.held_out  # --size caps --data too
     engine = ENGINES.get(args.engine)(EngineContext(model=model, tokenizer=tokenizer, model_path=args.model,
                                                     dtype=next(model.parameters()).dtype))
     reward = args.reward or task.rewards[0]
-    res = evaluate(engine, task.held_out, reward=reward, k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    print(f"model {args.model} on {args.task} ({len(task.held_out)} held-out prompts, reward {reward}):")
+    res = evaluate(engine, held_out, reward=reward, k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    source = f"task {task.name}, prompts of {args.data}" if args.data else f"task {task.name}"
+    print(f"model {args.model} on {source} ({len(held_out)} held-out prompts, reward {reward}):")
     print(f"  greedy accuracy: {res['acc']:.1%}\n  pass@{args.k}:          {res[f'pass@{args.k}']:.1%}"
           f"\n  mean length:     {res['length']:.2f} tokens")
     return 0
@@ -238,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="HF causal-LM directory or shipped model name")
     p.add_argument("--task", default="arith")
     p.add_argument("--levels", type=int, nargs="+", default=[2])
-    p.add_argument("--size", type=int, default=200)
-    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--size", type=int, default=None,
+                   help=f"held-out prompts to evaluate (default {DEFAULT_EVAL_SIZE} generated; with --data, the "
+                        "first SIZE rows, default all)")
+    p.add_argument("--k", type=int, default=4, help="samples per prompt for pass@k (>= 1)")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="JSONL of prompt/answer rows to evaluate instead")
