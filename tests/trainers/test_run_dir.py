@@ -226,9 +226,21 @@ def test_a_dangling_latest_is_an_error_not_a_restart(run_copy, capsys):
     assert "names 'step_0000009', which does not exist (a dangling pointer)" in err
     assert "--from-checkpoint step_0000002" in err
     assert _files(run_copy) == before
-    (run_copy / ckpt.CKPT_DIR / ckpt.LATEST).unlink()  # a missing pointer beside checkpoints: also refused
-    err = _fails(capsys, _resume(run_copy, "train.steps=3"))
-    assert "latest is missing" in err and "--from-checkpoint step_0000002" in err
+
+
+def test_a_missing_latest_beside_checkpoints(run_copy, capsys):
+    root = run_copy / ckpt.CKPT_DIR
+    (root / ckpt.LATEST).unlink()  # as if killed between renaming step 2 into place and writing the pointer
+    _flip(root / "step_0000002" / "model.safetensors")
+    before = _files(run_copy)
+    err = _fails(capsys, _resume(run_copy, "train.steps=3"))  # the newest is damaged: refused, nothing changed
+    assert "latest is missing, and the newest checkpoint step_0000002 is damaged" in err
+    assert "--from-checkpoint step_0000001" in err and _files(run_copy) == before
+    _flip(root / "step_0000002" / "model.safetensors")  # intact again: continue from it
+    rc, err = _rc(capsys, _resume(run_copy, "train.steps=3"))
+    assert rc == 0, err
+    assert "latest is missing; continuing from the newest checkpoint, step_0000002 (verified)" in err
+    assert _steps(run_copy) == [0, 1, 2, 3]
 
 
 def test_from_checkpoint_continues_from_an_earlier_checkpoint(run_copy, capsys):

@@ -412,10 +412,18 @@ class RunLoop:
             return root / name
         pointer = ckpt.read_latest(run_dir)
         if pointer is None:
-            if not ckpt.checkpoints(run_dir):
+            found = ckpt.checkpoints(run_dir)
+            if not found:
                 return None
-            raise ConfigError(f"{where}: {root / ckpt.LATEST} is missing, but {root} holds checkpoints; "
-                              f"{previous_good(None)}")
+            newest = found[-1]
+            problems = ckpt.verify_checkpoint(newest)
+            if problems:
+                raise ConfigError(f"{where}: {root / ckpt.LATEST} is missing, and the newest checkpoint "
+                                  f"{newest.name} is damaged: {'; '.join(problems)}; {previous_good(newest.name)}")
+            # killed between renaming the first checkpoint into place and writing the pointer to it
+            _note(f"{root / ckpt.LATEST} is missing; continuing from the newest checkpoint, {newest.name} "
+                  "(verified)")
+            return newest
         if not ckpt.STEP_RE.fullmatch(pointer) or not (root / pointer).is_dir():
             raise ConfigError(f"{where}: {root / ckpt.LATEST} names {pointer!r}, which does not exist (a dangling "
                               f"pointer); {previous_good(pointer)}")
@@ -469,7 +477,9 @@ class RunLoop:
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise ConfigError(f"{where} ({path.name}): cannot restore the trainer state: {exc}") from exc
         try:
-            later = [p for p in ckpt.checkpoints(self.run_dir) if ckpt.step_of(p) > step]
+            if ckpt.read_latest(self.run_dir) != path.name:
+                ckpt.atomic_write_text(self.run_dir / ckpt.CKPT_DIR / ckpt.LATEST, path.name)
+            later = [p for p in ckpt.checkpoints(self.run_dir) if ckpt.step_of(p) > step] if from_checkpoint else []
             for p in later:  # continuing from an earlier checkpoint: set the later ones aside, never delete them
                 dest = p.with_name(f"abandoned-{p.name}")
                 n = 1
@@ -477,8 +487,6 @@ class RunLoop:
                     dest, n = p.with_name(f"abandoned-{p.name}.{n}"), n + 1
                 os.replace(p, dest)
                 _note(f"continuing from {path.name}: moved the later checkpoint {p.name} aside to {dest.name}")
-            if ckpt.read_latest(self.run_dir) != path.name:
-                ckpt.atomic_write_text(self.run_dir / ckpt.CKPT_DIR / ckpt.LATEST, path.name)
         except OSError as exc:
             raise RunDirError(f"{where}: cannot update {self.run_dir / ckpt.CKPT_DIR}: {_reason(exc)}") from exc
         for name in LOG_FILES:
@@ -612,6 +620,10 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, from_checkpoi
         if resume:
             loop.restore(from_checkpoint)
         else:
+            try:
+                ckpt.remove_leftovers(run_dir)  # a first checkpoint write cut short
+            except OSError as exc:
+                raise RunDirError(f"cannot clean {run_dir / ckpt.CKPT_DIR}: {_reason(exc)}") from exc
             start_clean(run_dir)
         write_config(cfg, run_dir)
     except BaseException:
