@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Generic, TypeVar
 
 from rlfold.core.errors import RlfoldError
 from rlfold.core.suggest import closest
 
 T = TypeVar("T")
+
+# The built-in parts register themselves when the layers defining them are imported. The package root
+# (rlfold/__init__.py) installs the function importing them; a registry calls it the first time it is read
+# (get, names, in, unregister), so a light import such as the CLI's loads no model code, and the core
+# imports no higher layer.
+_builtin_loader: Callable[[], None] | None = None
+_builtins_state = "absent"  # "absent" | "loading" | "loaded"
+_builtins_lock = threading.RLock()
+
+
+def set_builtin_loader(load: Callable[[], None]) -> None:
+    """Install the function that registers the built-in parts (called by the package root)."""
+    global _builtin_loader
+    _builtin_loader = load
+
+
+def load_builtins() -> None:
+    """Register the built-in parts now: once, and not again while they are being registered."""
+    global _builtins_state
+    if _builtins_state == "loaded" or _builtin_loader is None:
+        return
+    with _builtins_lock:  # reentrant: a read by the layers being imported returns at once
+        if _builtins_state != "absent":
+            return
+        _builtins_state = "loading"
+        try:
+            _builtin_loader()
+        except BaseException:
+            _builtins_state = "absent"
+            raise
+        _builtins_state = "loaded"
 
 
 class UnknownPartError(RlfoldError, KeyError):
@@ -37,10 +69,12 @@ class Registry(Generic[T]):
 
     def unregister(self, name: str) -> T:
         """Remove and return a part (tests and interactive sessions replacing a part)."""
+        load_builtins()
         return self._items.pop(name)
 
     def get(self, name: str) -> T:
         """Return the part called ``name`` or raise naming the closest registered one."""
+        load_builtins()
         try:
             return self._items[name]
         except KeyError:
@@ -51,9 +85,11 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        load_builtins()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        load_builtins()
         return name in self._items
 
 
@@ -77,7 +113,7 @@ def needed_inputs(part: object) -> tuple[str, ...]:
 
 
 # The named registries. They live in the core so that configuration can be validated against them
-# without importing the layers that fill them; ``import rlfold`` registers the built-in parts.
+# without importing the layers that fill them; the built-in parts are registered on first read (above).
 ADVANTAGES: Registry = Registry("advantage estimator")
 POLICY_LOSSES: Registry = Registry("policy loss")
 AGGREGATIONS: Registry = Registry("loss aggregation")
