@@ -219,9 +219,9 @@ def _read_saved_config(run_dir: Path) -> dict[str, Any]:
     try:
         saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{cfg_file}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(cfg_file)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        marked = isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None
+        where = f"{cfg_file}:{exc.problem_mark.line + 1}:{exc.problem_mark.column + 1}" if marked else str(cfg_file)
+        problem = (exc.problem if isinstance(exc, yaml.MarkedYAMLError) else None) or str(exc).splitlines()[0]
         raise ConfigError(f"--resume {run_dir}: {where}: the saved config is not valid YAML ({problem}); "
                           "was it edited or damaged?") from None
     except (OSError, UnicodeDecodeError) as exc:
