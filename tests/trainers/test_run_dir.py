@@ -454,6 +454,7 @@ def test_ctrl_c_while_generating_drops_the_step_and_saves_the_last_finished_one(
     assert _steps(run) == list(range(7))
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_ctrl_c_during_the_update_finishes_the_step_then_saves(tmp_path, capsys, monkeypatch):
     from rlfold.trainers import online
 
