@@ -61,9 +61,6 @@ def _resume_hint(run_dir: Path) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rlfold.core.config_loader import load_config
-    from rlfold.plot import plot_run
-    from rlfold.trainers.metrics import print_summary
-    from rlfold.trainers.loop import build_run
 
     cfg = load_config(resolve_recipe(args.config), args.overrides)
     if getattr(args, "print_config", False):
@@ -77,6 +74,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = _run_dir(cfg, args.resume)
     if args.resume and not run_dir.is_dir():
         raise RlfoldError(f"--resume {run_dir}: no such run directory")
+    from rlfold.plot import plot_run
+    from rlfold.trainers.loop import build_run
+    from rlfold.trainers.metrics import print_summary
+
     run = build_run(cfg, run_dir, resume=bool(args.resume), from_checkpoint=from_checkpoint)
     try:
         rows = run.fit()
@@ -181,7 +182,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    import rlfold  # noqa: F401  (registers the built-in parts)
     from rlfold.core.config_loader import load_config
 
     if args.source:
@@ -201,7 +201,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def _print_sources(recipe: str | None) -> int:
     """``rlfold recipes --source``: where every part a recipe names is defined (module:line)."""
-    import rlfold  # noqa: F401  (registers the built-in parts)
     from rlfold.core.config_loader import load_config
     from rlfold.core.sources import recipe_parts_with_sources
 
