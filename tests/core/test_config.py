@@ -40,7 +40,7 @@ def test_defaults_without_a_file():
         ("train.lr=3e-4", lambda c: c.train.lr, 3e-4),
         ("train.lr=1.5e-5", lambda c: c.train.lr, 1.5e-5),
         ("train.steps=7", lambda c: c.train.steps, 7),
-        ("rollout.temperature=0", lambda c: c.rollout.temperature, 0.0),
+        ("rollout.temperature=0.5", lambda c: c.rollout.temperature, 0.5),
         ("log.progress=false", lambda c: c.log.progress, False),
         ("task.levels=[1, 3]", lambda c: c.task.levels, [1, 3]),
         ('rollout.stop_strings=["\\n", ";"]', lambda c: c.rollout.stop_strings, ["\n", ";"]),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import inspect
+import re
+import typing
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from rlfold.core.registry import (
     ADVANTAGES, AGGREGATIONS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SAMPLERS,
     SELECTIONS, SHAPINGS, TASKS, TRAINERS, needed_inputs,
 )
+from rlfold.core.options import is_group_relative, literal_choices
 from rlfold.core.suggest import closest
 
 class LocatedValueError(ValueError):
@@ -50,6 +53,9 @@ class TaskConfig(_Strict):
     train_file: Optional[str] = Field(None, description="JSONL with prompt/answer rows (replaces generated data)")
     held_out_file: Optional[str] = Field(
         None, description="JSONL with prompt/answer rows for evaluation (replaces the generated held-out split)")
+    allow_unknown_chars: bool = Field(
+        False, description="train although some prompt characters map to the tokenizer's unknown token (the model "
+                           "cannot read them); by default such prompts are an error naming them")
 
 
 class RewardSpec(_Strict):
@@ -149,6 +155,10 @@ class AlgoConfig(_Strict):
                                           "that any filter rejects is dropped and more prompts are generated")
     max_gen_batches: int = Field(
         4, ge=1, description="with group filters: generation rounds per step at most (then train on what passed)")
+    allow_no_signal: bool = Field(
+        False, description="run a group-relative advantage or group filter (grpo, rloo, dynamic_sampling, ...) "
+                           "although rollout.n=1 or greedy sampling (temperature 0, top_k 1) leaves it no learning "
+                           "signal; by default such a config is an error")
 
     def policy_loss_options(self) -> dict[str, Any]:
         """Keyword options for the policy loss: the clip fields that are set, then ``policy_loss_kwargs``."""
@@ -189,7 +199,7 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy (and of a shared critic's head)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the policy and critic optimisers")
     betas: tuple[float, float] = Field(
-        (0.9, 0.999), description="AdamW (beta1, beta2) of the policy and critic optimisers")
+        (0.9, 0.999), description="AdamW (beta1, beta2) of the policy and critic optimisers, each in [0, 1)")
     warmup_steps: int = Field(0, ge=0, description="optimiser steps of linear warm-up")
     schedule: Literal["constant", "cosine", "linear"] = Field(
         "constant", description="policy learning rate after warm-up: constant, or cosine/linear decay to "
@@ -201,6 +211,15 @@ class TrainConfig(_Strict):
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many non-finite steps in a row")
     sampler: SamplerSpec = Field(
         default_factory=SamplerSpec, description="how training prompts are drawn (uniform epochs by default)")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        for i, b in enumerate(betas):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"beta{i + 1}={b!r} must be in [0, 1) (AdamW's moving-average factors; "
+                                 f"e.g. the default (0.9, 0.999)), got betas={list(betas)}")
+        return betas
 
 
 class CheckpointConfig(_Strict):
@@ -322,17 +341,51 @@ class RunConfig(_Strict):
             _check_kwargs(("shaping", i, "kwargs"), "reward-shaping part", spec.name, SHAPINGS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("state",))
         for i, spec in enumerate(self.rewards):
-            if spec.kwargs:
-                _check_kwargs(("rewards", i, "kwargs"), "reward function", spec.name, REWARDS.get(spec.name),
-                              spec.kwargs, n_positional=3)
+            _check_kwargs(("rewards", i, "kwargs"), "reward function", spec.name, REWARDS.get(spec.name),
+                          spec.kwargs, n_positional=3)
+        self._check_signal()
         return self
+
+    def _check_signal(self) -> None:
+        """A group-relative part (``@group_relative``) needs several different samples per prompt."""
+        if self.algo.allow_no_signal:
+            return
+        r = self.rollout
+        parts = [("advantage", self.algo.advantage, ADVANTAGES.get(self.algo.advantage),
+                  "gives every sample of a group the same advantage, exactly 0")]
+        parts += [("group filter", f.name, GROUP_FILTERS.get(f.name),
+                   "rejects every group (its samples never differ), so each step trains on groups without signal")
+                  for f in self.algo.group_filters]
+        opt_out = "set algo.allow_no_signal=true to run it anyway"
+        for what, name, part, effect in parts:
+            if not is_group_relative(part):
+                continue
+            if r.n == 1:
+                raise LocatedValueError(("rollout", "n"), (
+                    f"rollout.n=1 with the group-relative {what} {name!r}: it compares the samples of each "
+                    "prompt with each other, and one sample per prompt leaves nothing to compare with, so there "
+                    "is no group-relative learning signal. Use rollout.n >= 2"
+                    + (", or an advantage that needs no group (reinforce_pp, remax, gae)" if what == "advantage"
+                       else "") + f"; {opt_out}"))
+            if r.temperature == 0 or r.top_k == 1:
+                key = "temperature" if r.temperature == 0 else "top_k"
+                raise LocatedValueError(("rollout", key), (
+                    f"rollout.{key}={getattr(r, key)} samples greedily, so the {r.n} samples of a prompt are "
+                    f"identical and score the same: the group-relative {what} {name!r} {effect}, and there is "
+                    "no learning signal. Sample with rollout.temperature > 0 (1: the policy's own distribution) "
+                    f"and rollout.top_k 0 (off) or >= 2; {opt_out}"))
 
 
 def _check_kwargs(loc: tuple[Any, ...], kind: str, name: str, fn: Any, given: dict[str, Any], *,
                   n_positional: int, reserved: tuple[str, ...] = ()) -> None:
-    """Every key of ``given`` must be a keyword option of part ``fn`` (after its positional tensors).
+    """Every key of ``given`` must be a keyword option of part ``fn`` (after its positional tensors),
+    every value must fit the option's annotation, and every option without a default must be given.
 
     Inputs the part declares with ``@needs`` are supplied by the trainer, so they are not options.
+    A value is validated strictly (no coercion: the part receives exactly what the recipe wrote) with
+    ``pydantic.TypeAdapter`` of the annotation, so a part states an option's domain once, in its
+    signature (``Literal[...]``, ``Annotated[float, Field(gt=0, lt=1)]``), and the same check refuses a
+    bad value at config load.
     """
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -341,9 +394,10 @@ def _check_kwargs(loc: tuple[Any, ...], kind: str, name: str, fn: Any, given: di
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return
     skip = set(needed_inputs(fn)) | set(reserved)
-    accepted = [p.name for p in params[n_positional:]
-                if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                and p.name not in skip]
+    options = {p.name: p for p in params[n_positional:]
+               if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+               and p.name not in skip}
+    accepted = list(options)
     for key in given:
         if key not in accepted:
             close = closest(key, accepted)
@@ -353,3 +407,119 @@ def _check_kwargs(loc: tuple[Any, ...], kind: str, name: str, fn: Any, given: di
                 f"{kind} {name!r} takes no option {key!r}; {hint}"
                 f"it accepts: {', '.join(accepted) or 'no options (set ' + '.'.join(map(str, loc)) + '={})'}",
             )
+    missing = [k for k, p in options.items() if p.default is inspect.Parameter.empty and k not in given]
+    if missing:
+        raise LocatedValueError(
+            loc, f"{kind} {name!r} needs option{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                 f"(no default); set {', '.join(f'{_dotted_loc(loc)}.{k}' for k in missing)}")
+    hints = _option_hints(fn)
+    for key, value in given.items():
+        ann = hints.get(key)
+        if ann is None:
+            continue
+        problem = _value_problem(ann, value)
+        if problem is not None:
+            sep = "" if problem.startswith(":") else " "
+            raise LocatedValueError((*loc, key), f"{kind} {name!r}: option {key}={value!r}{sep}{problem}")
+
+
+def _dotted_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _option_hints(fn: Any) -> dict[str, Any]:
+    """The evaluated annotations (``Annotated`` kept) of ``fn``'s parameters; ``__init__``'s for a class.
+
+    Parts use ``from __future__ import annotations``, so the annotations are strings resolved in the
+    part's module; one that cannot be resolved is left out (its option's name is still checked)."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception:  # noqa: BLE001 - one unresolvable annotation: resolve the others one by one
+        pass
+    out: dict[str, Any] = {}
+    namespace = getattr(inspect.unwrap(target), "__globals__", {})
+    for key, ann in getattr(target, "__annotations__", {}).items():
+        try:
+            out[key] = typing.get_type_hints(_Probe(ann), namespace, include_extras=True)["x"]
+        except Exception:  # noqa: BLE001
+            continue
+    return out
+
+
+class _Probe:
+    """An object whose only annotation is ``ann``, so ``get_type_hints`` resolves one annotation."""
+
+    def __init__(self, ann: Any) -> None:
+        self.__annotations__ = {"x": ann}
+
+
+_ADAPTERS: dict[Any, TypeAdapter | None] = {}
+_OPTION_CONFIG = ConfigDict(strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
+
+
+def _adapter(ann: Any) -> TypeAdapter | None:
+    key = repr(ann)
+    if key not in _ADAPTERS:
+        try:
+            _ADAPTERS[key] = TypeAdapter(ann, config=_OPTION_CONFIG)
+        except Exception:  # noqa: BLE001 - an annotation pydantic cannot validate (a class of its own)
+            _ADAPTERS[key] = None
+    return _ADAPTERS[key]
+
+
+def _value_problem(ann: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit annotation ``ann`` (None if it does): the constraint it breaks, the
+    choices of a ``Literal``, the item of a list that breaks it."""
+    adapter = _adapter(ann)
+    if adapter is None:
+        return None
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        errors = exc.errors()
+    else:
+        return None
+    # In a union (``float | None``, ``str | Callable``) every branch reports; a constraint broken by
+    # a value of the right type says more than "should be callable".
+    specific = [e for e in errors if not e["type"].endswith("_type") and e["type"] not in ("none_required",
+                                                                                           "is_instance_of")]
+    errors = specific or errors
+    reasons: list[str] = []
+    for err in errors:
+        if err["type"] == "literal_error":
+            choices = literal_choices(ann)
+            reason = f"is not one of {', '.join(map(repr, choices))}" if choices else err["msg"]
+        elif err["type"] == "value_error":
+            reason = ": " + err["msg"].removeprefix("Value error, ")
+        else:
+            reason = re.sub(r"^\w+ should ", "must ", err["msg"]).replace(" after validation", "")
+        where = _item_path(value, tuple(err["loc"]))
+        reason = f"(item {where} = {_item(value, err['loc'])!r}) {reason.removeprefix(': ')}" if where else reason
+        if reason not in reasons:
+            reasons.append(reason)
+    if len(reasons) > 1 and all(r.startswith("must be ") for r in reasons):
+        return "must be " + " or ".join(r.removeprefix("must be ") for r in reasons)
+    return " or ".join(reasons)
+
+
+def _walk(value: Any, loc: tuple[Any, ...]) -> tuple[str, Any]:
+    """The part of ``loc`` that indexes into ``value`` (union branch tags are skipped) and the item."""
+    path, cur = "", value
+    for part in loc:
+        if isinstance(part, int) and isinstance(cur, (list, tuple)) and 0 <= part < len(cur):
+            path, cur = f"{path}[{part}]", cur[part]
+        elif isinstance(cur, dict) and part in cur:
+            path, cur = f"{path}[{part!r}]", cur[part]
+    return path, cur
+
+
+def _item_path(value: Any, loc: tuple[Any, ...]) -> str:
+    return _walk(value, loc)[0]
+
+
+def _item(value: Any, loc: Any) -> Any:
+    return _walk(value, tuple(loc))[1]
