@@ -10,16 +10,20 @@ on masked tokens. ``metrics`` holds plain floats.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from rlfold.core import registry
 from rlfold.core.groups import group_index
 from rlfold.core.masked import masked_mean, masked_var
+from rlfold.core.options import group_relative
 
 Scale = Literal["group", "batch", "none"]
+Eps = Annotated[float, Field(ge=0)]  # added to a std that is > 0 wherever it divides
+PositiveEps = Annotated[float, Field(gt=0)]  # added to a std or variance that may be 0 (whitening)
 AdvantageFn = Callable[..., tuple[Tensor, dict[str, float]]]
 
 ADVANTAGES = registry.ADVANTAGES
@@ -131,13 +135,14 @@ def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 @ADVANTAGES.register("grpo")
+@group_relative
 def grpo(
     rewards: Tensor,
     group_ids: Tensor,
     response_mask: Tensor,
     *,
     scale: Scale = "group",
-    eps: float = 1e-6,
+    eps: Eps = 1e-6,
 ) -> tuple[Tensor, dict[str, float]]:
     """GRPO group-normalised outcome advantage (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300).
 
@@ -155,6 +160,7 @@ def grpo(
 
 
 @ADVANTAGES.register("dr_grpo")
+@group_relative
 def dr_grpo(
     rewards: Tensor, group_ids: Tensor, response_mask: Tensor
 ) -> tuple[Tensor, dict[str, float]]:
@@ -168,6 +174,7 @@ def dr_grpo(
 
 
 @ADVANTAGES.register("rloo")
+@group_relative
 def rloo(
     rewards: Tensor, group_ids: Tensor, response_mask: Tensor
 ) -> tuple[Tensor, dict[str, float]]:
@@ -186,6 +193,7 @@ def rloo(
 
 
 @ADVANTAGES.register("opo")
+@group_relative
 def opo(
     rewards: Tensor, group_ids: Tensor, response_mask: Tensor
 ) -> tuple[Tensor, dict[str, float]]:
@@ -211,8 +219,9 @@ def opo(
 
 
 @ADVANTAGES.register("reinforce_pp_baseline")
+@group_relative
 def reinforce_pp_baseline(
-    rewards: Tensor, group_ids: Tensor, response_mask: Tensor, *, eps: float = 1e-8
+    rewards: Tensor, group_ids: Tensor, response_mask: Tensor, *, eps: PositiveEps = 1e-8
 ) -> tuple[Tensor, dict[str, float]]:
     """REINFORCE++-baseline: group-mean baseline, then batch whitening (Hu 2025, arXiv 2501.03262).
 
@@ -227,8 +236,9 @@ def reinforce_pp_baseline(
 
 
 @ADVANTAGES.register("grpo_passk")
+@group_relative
 def grpo_passk(
-    rewards: Tensor, group_ids: Tensor, response_mask: Tensor, *, norm_by_std: bool = True, eps: float = 1e-6
+    rewards: Tensor, group_ids: Tensor, response_mask: Tensor, *, norm_by_std: bool = True, eps: Eps = 1e-6
 ) -> tuple[Tensor, dict[str, float]]:
     """Pass@k-style advantage: only each group's best response is credited (Pass@k Training, arXiv 2503.19595).
 

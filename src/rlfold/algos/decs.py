@@ -9,14 +9,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlfold.algos.advantages import ADVANTAGES, _check_inputs
+from rlfold.algos.advantages import ADVANTAGES, PositiveEps, _check_inputs
 from rlfold.core.groups import group_index
+from rlfold.core.options import group_relative
 from rlfold.core.registry import needs
 
 __all__ = ["decs"]
 
 
 @ADVANTAGES.register("decs")
+@group_relative
 @needs("token_rewards")
 def decs(
     rewards: Tensor,
@@ -24,7 +26,7 @@ def decs(
     response_mask: Tensor,
     *,
     token_rewards: Tensor,
-    eps: float = 1e-6,
+    eps: PositiveEps = 1e-6,
 ) -> tuple[Tensor, dict[str, float]]:
     """DECS token advantage (Lu et al., arXiv 2509.25827, Eq. 10): per-position group normalisation.
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from rlfold.core import registry
 from rlfold.core.groups import group_index
+from rlfold.core.options import group_relative
 
 GROUP_FILTERS = registry.GROUP_FILTERS
 
@@ -55,6 +56,7 @@ def filter_groups(scores: Tensor, group_ids: Tensor) -> Tensor:
 
 
 @GROUP_FILTERS.register("dynamic_sampling")
+@group_relative
 def dynamic_sampling(inp: GroupFilterInput, *, metric: Literal["acc", "reward"] = "acc") -> Tensor:
     """DAPO dynamic sampling (Yu et al. 2025, arXiv 2503.14476): drop groups whose ``metric`` is constant.
 

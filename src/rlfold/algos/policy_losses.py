@@ -18,8 +18,10 @@ and ``sapo`` (soft sigmoid gate). Every log-ratio logp - old_logp is clamped to 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from rlfold.core import registry
@@ -29,6 +31,14 @@ from rlfold.core.masked import masked_mean
 PolicyLossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
 POLICY_LOSSES = registry.POLICY_LOSSES
+
+# Option domains (checked when a config loads; the losses keep their own checks for direct calls).
+# 1 - clip_low is a lower bound on a ratio (> 0), so clip_low < 1; CISPO's 1.0 means "no lower bound".
+ClipLow = Annotated[float, Field(ge=0, lt=1)]
+CispoClipLow = Annotated[float, Field(ge=0, le=1)]
+ClipHigh = Annotated[float, Field(ge=0)]
+DualClip = Annotated[float, Field(gt=1)]
+Temperature = Annotated[float, Field(gt=0)]
 
 
 def _check_inputs(
@@ -49,9 +59,9 @@ def ppo_clip(
     advantages: Tensor,
     mask: Tensor,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_c: float | None = None,
+    clip_low: ClipLow = 0.2,
+    clip_high: ClipHigh = 0.2,
+    clip_c: DualClip | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347) with clip-higher and dual-clip.
 
@@ -136,8 +146,8 @@ def gspo(
     advantages: Tensor,
     mask: Tensor,
     *,
-    clip_low: float = 3e-4,
-    clip_high: float = 4e-4,
+    clip_low: ClipLow = 3e-4,
+    clip_high: ClipHigh = 4e-4,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GSPO sequence-level clipped surrogate (Zheng et al. 2025, arXiv 2507.18071).
 
@@ -172,8 +182,8 @@ def gspo_token(
     advantages: Tensor,
     mask: Tensor,
     *,
-    clip_low: float = 3e-4,
-    clip_high: float = 4e-4,
+    clip_low: ClipLow = 3e-4,
+    clip_high: ClipHigh = 4e-4,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GSPO-token, per-token advantages with the sequence ratio (Zheng et al. 2025, arXiv 2507.18071).
 
@@ -206,8 +216,8 @@ def cispo(
     advantages: Tensor,
     mask: Tensor,
     *,
-    clip_low: float = 1.0,
-    clip_high: float = 0.2,
+    clip_low: CispoClipLow = 1.0,
+    clip_high: ClipHigh = 0.2,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """CISPO, clipped stop-gradient IS weight (MiniMax-M1, MiniMax 2025, arXiv 2506.13585).
 
@@ -258,8 +268,8 @@ def sapo(
     advantages: Tensor,
     mask: Tensor,
     *,
-    tau_pos: float = 1.0,
-    tau_neg: float = 1.05,
+    tau_pos: Temperature = 1.0,
+    tau_neg: Temperature = 1.05,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """SAPO soft-gated surrogate (Soft Adaptive Policy Optimization, Qwen 2025, arXiv 2511.20347).
 

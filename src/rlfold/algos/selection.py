@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from rlfold.core import registry
@@ -170,7 +171,8 @@ def mask_truncated(inp: SelectionInput, *, generator: torch.Generator | None = N
 
 @SELECTIONS.register("top_entropy")
 def top_entropy(
-    inp: SelectionInput, *, generator: torch.Generator | None = None, quantile: float = 0.2
+    inp: SelectionInput, *, generator: torch.Generator | None = None,
+    quantile: Annotated[float, Field(gt=0, le=1)] = 0.2,
 ) -> Selection:
     """Top-entropy ("forking") tokens only (Wang et al. 2025, Beyond the 80/20 Rule, arXiv 2506.01939).
 
@@ -263,7 +265,7 @@ def pf_ppo(
     *,
     generator: torch.Generator | None = None,
     mode: PfMode = "best_worst",
-    power: float = 2.0,
+    power: Annotated[float, Field(ge=0)] = 2.0,
     scope: Scope = "group",
 ) -> Selection:
     """Policy Filtration PPO: resample rows by reward (Zhang et al. 2024, PF-PPO, arXiv 2409.06957).
@@ -308,8 +310,8 @@ def tis(
     generator: torch.Generator | None = None,
     level: Literal["token", "sequence"] = "token",
     mode: Literal["truncate", "mask"] = "truncate",
-    threshold: float = 2.0,
-    lower: float | None = None,
+    threshold: Annotated[float, Field(gt=0)] = 2.0,
+    lower: Annotated[float, Field(ge=0)] | None = None,
 ) -> Selection:
     """Truncated importance sampling between rollout engine and trainer (IMPALA V-trace, arXiv 1802.01561).
 

@@ -19,14 +19,20 @@ through it unchanged (verl convention), so the discount counts valid tokens. Adv
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from rlfold.algos.advantages import ADVANTAGES, _check_inputs, masked_whiten
+from rlfold.algos.advantages import ADVANTAGES, PositiveEps, _check_inputs, masked_whiten
 from rlfold.core.masked import masked_mean
 from rlfold.core.registry import needs
 
 __all__ = ["discounted_returns", "gae", "gae_targets", "masked_whiten", "reinforce_pp", "remax"]
+
+
+Unit = Annotated[float, Field(ge=0, le=1)]  # a discount or a GAE lambda
 
 
 def _float(x: Tensor) -> Tensor:
@@ -120,8 +126,8 @@ def reinforce_pp(
     response_mask: Tensor,
     *,
     token_rewards: Tensor,
-    gamma: float = 1.0,
-    eps: float = 1e-8,
+    gamma: Unit = 1.0,
+    eps: PositiveEps = 1e-8,
 ) -> tuple[Tensor, dict[str, float]]:
     """REINFORCE++ whitened discounted return (Hu 2025, arXiv 2501.03262).
 
@@ -146,7 +152,7 @@ def remax(
     *,
     token_rewards: Tensor,
     baseline_rewards: Tensor,
-    gamma: float = 1.0,
+    gamma: Unit = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """ReMax greedy-baseline advantage (Li et al. 2023, arXiv 2310.10505).
 
@@ -178,11 +184,11 @@ def gae(
     token_rewards: Tensor,
     values: Tensor,
     truncated: Tensor,
-    gamma: float = 1.0,
-    lam: float = 0.95,
+    gamma: Unit = 1.0,
+    lam: Unit = 0.95,
     whiten: bool = True,
     egae: bool = False,
-    eps: float = 1e-8,
+    eps: PositiveEps = 1e-8,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO GAE (Schulman et al. 2015, arXiv 1506.02438); EGAE from T-PPO (arXiv 2506.15050).
 
