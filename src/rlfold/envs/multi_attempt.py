@@ -4,15 +4,19 @@ Multi-Attempt RL", arXiv 2503.04808)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from rlfold.core.contracts import EnvStep
 from rlfold.core.errors import ConfigError
 from rlfold.core.registry import ENVIRONMENTS
 from rlfold.core.seeding import generator_for
 from rlfold.core.types import FINISH_LENGTH, Prompt
-from rlfold.rewards.multi_attempt import DEFAULT_FEEDBACK, attempt_verifier, render_feedback
+from rlfold.rewards.multi_attempt import (
+    DEFAULT_FEEDBACK, Extract, Feedback, Verifier, attempt_verifier, render_feedback,
+)
 
 
 @dataclass
@@ -35,8 +39,9 @@ class MultiAttemptEnv:
     the accepted one.
     """
 
-    def __init__(self, *, attempts: int = 5, feedback: str = DEFAULT_FEEDBACK, min_attempts: int | None = None,
-                 extract: str = "plain", verifier: str = "exact_match") -> None:
+    def __init__(self, *, attempts: Annotated[int, Field(ge=1)] = 5, feedback: Feedback = DEFAULT_FEEDBACK,
+                 min_attempts: Annotated[int, Field(ge=1)] | None = None, extract: Extract = "plain",
+                 verifier: Verifier = "exact_match") -> None:
         if attempts < 1:
             raise ConfigError(f"multi_attempt environment: attempts must be >= 1, got {attempts}")
         if min_attempts is not None and not 1 <= min_attempts <= attempts:

@@ -11,8 +11,10 @@ import itertools
 import re
 import statistics
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from rlfold.core.groups import group_index
@@ -87,10 +89,10 @@ def arlcp(
     inp: ShapingInput,
     *,
     state: dict,
-    keywords: Sequence[str] = ARLCP_KEYWORDS,
-    tiers: Sequence[float] = (40, 80),
-    w1s: Sequence[float] = (0.05, 0.10, 0.15),
-    w_total: float = 0.2,
+    keywords: Annotated[Sequence[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ARLCP_KEYWORDS,
+    tiers: Sequence[Annotated[float, Field(ge=0)]] = (40, 80),
+    w1s: Annotated[Sequence[Annotated[float, Field(ge=0)]], Field(min_length=1)] = (0.05, 0.10, 0.15),
+    w_total: Annotated[float, Field(ge=0)] = 0.2,
 ) -> Shaped:
     """ARLCP adaptive reflection and length coordinated penalty (Yu et al., arXiv 2602.12113).
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from typing import Annotated, Sequence
 
+from pydantic import Field
+
+from rlfold.core.options import registered
 from rlfold.core.types import Prompt
 from rlfold.rewards.answer_match import VERIFIERS, resolve_verifier
 from rlfold.rewards.base import REWARDS
@@ -71,9 +74,9 @@ def rewarding_doubt(
     completions: Sequence[str],
     finishes: Sequence[str],
     *,
-    verifier: str = "exact_match",
-    scale: float = 10.0,
-    eps: float = 0.001,
+    verifier: Annotated[str, registered(VERIFIERS, "verifier")] = "exact_match",
+    scale: Annotated[float, Field(gt=0)] = 10.0,
+    eps: Annotated[float, Field(gt=0, lt=0.5)] = 0.001,
     normalize: bool = True,
     correct_bonus: float = 0.25,
     invalid_reward: float | None = None,

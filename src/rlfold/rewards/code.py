@@ -16,6 +16,9 @@ import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated
+
+from pydantic import Field
 
 from rlfold.core.types import Prompt
 from rlfold.rewards.base import REWARDS
@@ -53,9 +56,9 @@ def code_tests(
     finishes: Sequence[str],
     *,
     all_or_nothing: bool = False,
-    timeout_s: float = 5.0,
-    memory_mb: int = 512,
-    workers: int | None = None,
+    timeout_s: Annotated[float, Field(gt=0)] = 5.0,
+    memory_mb: Annotated[int, Field(gt=0)] = 512,
+    workers: Annotated[int, Field(ge=1)] | None = None,
 ) -> list[float | None]:
     """Fraction of ``prompt.meta["tests"]`` the completion's program passes (None: the prompt has no tests).
 

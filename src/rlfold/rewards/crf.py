@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from rlfold.core.groups import group_index
+from rlfold.core.options import registered
 from rlfold.core.registry import Registry
 from rlfold.core.types import Prompt
 from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput, correct_mask, resolve_part
@@ -45,11 +48,11 @@ def crf(
     inp: ShapingInput,
     *,
     state: dict,
-    alpha: float = 0.5,
-    scorer: str | Callable[..., float] = "length_ratio",
-    anneal: str = "constant",
-    anneal_steps: int | None = None,
-    outcome: str = "scores",
+    alpha: Annotated[float, Field(ge=0)] = 0.5,
+    scorer: Annotated[str, registered(CONCISENESS_SCORERS)] | Callable[..., float] = "length_ratio",
+    anneal: Literal["constant", "linear"] = "constant",
+    anneal_steps: Annotated[int, Field(gt=0)] | None = None,
+    outcome: Literal["scores", "correct"] = "scores",
 ) -> Shaped:
     """CRF conciseness reward function (arXiv 2511.09158): R_hat = R^o [1 + alpha c (s + d)].
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
+from rlfold.core.options import registered
 from rlfold.core.registry import Registry
 from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput, correct_mask, resolve_part, valid_columns
 from rlfold.rewards.text_spans import think_span, token_counts
@@ -62,9 +65,9 @@ def decs(
     state: dict,
     r_plus: float = 1.1,
     r_zero: float = 1.0,
-    detector: str | Callable[..., int | None] = "first_chunk_with_answer",
+    detector: Annotated[str, registered(NRP_DETECTORS)] | Callable[..., int | None] = "first_chunk_with_answer",
     detector_options: dict | None = None,
-    think_tags: Sequence[str] | None = ("<think>", "</think>"),
+    think_tags: Annotated[Sequence[str], Field(min_length=2, max_length=2)] | None = ("<think>", "</think>"),
 ) -> Shaped:
     """DECS decoupled token-level reward (Lu et al., arXiv 2509.25827, Eqs. 8-9).
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import torch
+from pydantic import Field
 
 from rlfold.core.registry import needs
 from rlfold.core.types import Prompt
@@ -19,9 +20,9 @@ def soft_overlong(
     finishes: Sequence[str],
     *,
     response_lengths: torch.Tensor,
-    max_len: int,
-    cache: int,
-    factor: float = 1.0,
+    max_len: Annotated[int, Field(gt=0)],
+    cache: Annotated[int, Field(gt=0)],
+    factor: Annotated[float, Field(ge=0)] = 1.0,
 ) -> list[float]:
     """DAPO soft overlong punishment on the token length |y| (Yu et al. 2025, arXiv 2503.14476).
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from rlfold.core.groups import group_index
@@ -29,6 +31,11 @@ from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput, sigmoid
 # HAPO: a correct answer's length reward never drops below this, so it still beats any wrong answer
 # (whose length reward is <= 0) whenever the length weight is <= 1.
 HAPO_CORRECT_FLOOR = -0.7
+
+# Option domains, checked when a config loads (the parts keep their own checks for direct calls).
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 # ----- helpers --------------------------------------------------------------------------------------
@@ -70,7 +77,7 @@ def _solve_rates(correct: list[bool], gidx: list[int], n_groups: int) -> list[fl
 
 # ----- 1. Kimi k1.5 ---------------------------------------------------------------------------------
 @SHAPINGS.register("kimi_len")
-def kimi_len(inp: ShapingInput, *, state: dict, weight: float = 1.0, warmup_steps: int = 0) -> Shaped:
+def kimi_len(inp: ShapingInput, *, state: dict, weight: float = 1.0, warmup_steps: NonNegInt = 0) -> Shaped:
     """Kimi k1.5 length reward (Kimi Team 2025, arXiv 2501.12599), added to the current score.
 
     Per group (the responses to one prompt), over the token lengths of *all* its responses:
@@ -116,8 +123,8 @@ def cosine_len(
     r0_wrong: float = -10.0,
     rL_wrong: float = 0.0,
     r_exceed: float = -10.0,
-    max_len: int | None = None,
-    exceed_margin: int = 16,
+    max_len: PositiveInt | None = None,
+    exceed_margin: NonNegInt = 16,
 ) -> Shaped:
     """Cosine length-scaled reward of "Demystifying Long CoT Reasoning" (Yeo et al. 2025, arXiv 2502.03373).
 
@@ -160,7 +167,7 @@ def _dler_rewards(correct: list[bool], lengths: list[float], truncated: list[boo
 
 
 @SHAPINGS.register("dler")
-def dler(inp: ShapingInput, *, state: dict, target_len: int | None = None) -> Shaped:
+def dler(inp: ShapingInput, *, state: dict, target_len: PositiveInt | None = None) -> Shaped:
     """DLER truncation reward ("DLER: Doing Length pEnalty Right", NVIDIA 2025, arXiv 2510.15110).
 
     REPLACES the score: R = 1 if correct AND not truncated AND L <= target_len, else 0, with
@@ -184,8 +191,8 @@ def da_dler(
     inp: ShapingInput,
     *,
     state: dict,
-    thresholds: Sequence[float] = (0.5,),
-    target_lens: Sequence[int] = (2000, 4000),
+    thresholds: Annotated[Sequence[Fraction], Field(min_length=1)] = (0.5,),
+    target_lens: Annotated[Sequence[PositiveInt], Field(min_length=2)] = (2000, 4000),
 ) -> Shaped:
     """Difficulty-aware DLER (DA-DLER, NVIDIA 2025, arXiv 2510.15110): DLER reward with a per-group target.
 
@@ -249,9 +256,9 @@ def hapo(
     *,
     state: dict,
     weight: float = 1.0,
-    variant: str = "cosine",
-    mode: str = "min",
-    tolerance: float = 0.1,
+    variant: Literal["cosine", "linear"] = "cosine",
+    mode: Literal["min", "mean"] = "min",
+    tolerance: Annotated[float, Field(ge=0)] = 0.1,
 ) -> Shaped:
     """HAPO history-aware length reward (HAPO, arXiv 2505.11225), added to the current score.
 
@@ -321,9 +328,9 @@ def grpo_lambda(
     inp: ShapingInput,
     *,
     state: dict,
-    top_frac: float = 0.2,
-    alpha: float = 0.6,
-    std_eps: float = 1e-4,
+    top_frac: Fraction = 0.2,
+    alpha: Annotated[float, Field(ge=0)] = 0.6,
+    std_eps: Annotated[float, Field(gt=0)] = 1e-4,
 ) -> Shaped:
     """GRPO-λ length reward on the most accurate groups ("Stable RL for Efficient Reasoning", arXiv 2505.18086).
 
@@ -395,10 +402,10 @@ def apriel_dap(
     inp: ShapingInput,
     *,
     state: dict,
-    buffer: int = 0,
-    gamma: float = 1.0,
-    failure_scale: float = 1.0,
-    max_len: int | None = None,
+    buffer: NonNegInt = 0,
+    gamma: Annotated[float, Field(ge=0)] = 1.0,
+    failure_scale: Fraction = 1.0,
+    max_len: PositiveInt | None = None,
 ) -> Shaped:
     """Apriel difficulty-aware length penalty, DAP (ServiceNow 2026, Apriel-Reasoner, arXiv 2604.02007).
 

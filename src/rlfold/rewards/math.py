@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import re
 import threading
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
+
+from pydantic import Field
 
 from rlfold.core.types import Prompt
 from rlfold.rewards.base import REWARDS
@@ -102,7 +104,7 @@ def gsm8k(
     completions: Sequence[str],
     finishes: Sequence[str],
     *,
-    tolerance: float = 1e-6,
+    tolerance: Annotated[float, Field(ge=0)] = 1e-6,
 ) -> list[float | None]:
     """GSM8K final-answer accuracy (Cobbe et al. 2021, arXiv 2110.14168): 1 if the answer number matches.
 
@@ -221,7 +223,7 @@ def math_verify(
     completions: Sequence[str],
     finishes: Sequence[str],
     *,
-    timeout_seconds: int | None = 5,
+    timeout_seconds: Annotated[int, Field(ge=1)] | None = 5,
 ) -> list[float | None]:
     """Rule-based math correctness with Kydlíček, Math-Verify (Hugging Face), as in DeepSeek-R1 (arXiv 2501.12948).
 

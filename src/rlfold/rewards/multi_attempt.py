@@ -10,17 +10,25 @@ chosen where neither says.
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Annotated, Callable, Literal, Sequence
+
+from pydantic import Field
 
 from rlfold.core.errors import ConfigError
+from rlfold.core.options import registered
 from rlfold.core.types import Prompt
-from rlfold.rewards.answer_match import resolve_verifier
+from rlfold.rewards.answer_match import VERIFIERS, resolve_verifier
 from rlfold.rewards.base import REWARDS
 
 # The text put between two attempts by the ``multi_attempt`` engine (rlfold.rollout.multi_attempt).
 # ``{left}`` in a feedback text is replaced by the number of attempts still left.
 DEFAULT_FEEDBACK = "Wrong, try again: "
 LEFT_FIELD = "{left}"
+
+# Option domains shared by the ``multi_attempt`` reward and environment (checked when a config loads).
+Feedback = Annotated[str, Field(min_length=1)]
+Extract = Literal["plain", "boxed"]
+Verifier = Annotated[str, registered(VERIFIERS, "verifier")]
 
 
 def render_feedback(feedback: str, left: int) -> str:
@@ -96,13 +104,13 @@ def multi_attempt(
     completions: Sequence[str],
     finishes: Sequence[str],
     *,
-    feedback: str = DEFAULT_FEEDBACK,
-    extract: str = "plain",
-    verifier: str = "exact_match",
+    feedback: Feedback = DEFAULT_FEEDBACK,
+    extract: Extract = "plain",
+    verifier: Verifier = "exact_match",
     correct_reward: float = 1.0,
     wrong_answer_reward: float = -0.5,
     no_answer_reward: float = -1.0,
-    attempt_discount: float = 1.0,
+    attempt_discount: Annotated[float, Field(gt=0, le=1)] = 1.0,
 ) -> list[float]:
     """Multi-attempt reward (arXiv 2503.04808, official code ``duality/vllm_mul.py``).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Sequence
+from typing import Literal, Sequence
 
 from rlfold.core.types import Prompt
 from rlfold.rewards.base import REWARDS
@@ -139,7 +139,7 @@ def cover_exact_match(
     completions: Sequence[str],
     finishes: Sequence[str],
     *,
-    mode: str = "substring",
+    mode: Literal["substring", "tokens"] = "substring",
 ) -> list[float | None]:
     """Cover exact match, as in R1-Searcher (arXiv 2503.05592) and DeepRetrieval (arXiv 2503.00223).
 

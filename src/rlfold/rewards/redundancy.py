@@ -14,10 +14,13 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Sequence
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from rlfold.core.options import registered
 from rlfold.core.registry import Registry
 from rlfold.rewards.shaping import SHAPINGS, Shaped, ShapingInput, correct_mask, resolve_part, sigmoid, valid_columns
 from rlfold.rewards.text_spans import split_sentences, think_span, token_counts
@@ -143,13 +146,13 @@ def redundancy(
     inp: ShapingInput,
     *,
     state: dict,
-    k: float = 20.0,
+    k: Annotated[float, Field(gt=0)] = 20.0,
     c: float = 0.3,
-    alpha: float = 0.1,
-    beta: float = 0.05,
-    embedder: str | Callable[[list[str]], Tensor] = "trigram",
-    unit: str = "chars",
-    think_tags: Sequence[str] | None = ("<think>", "</think>"),
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.1,
+    beta: Annotated[float, Field(gt=0, lt=1)] = 0.05,
+    embedder: Annotated[str, registered(EMBEDDERS)] | Callable[[list[str]], Tensor] = "trigram",
+    unit: Literal["chars", "tokens"] = "chars",
+    think_tags: Annotated[Sequence[str], Field(min_length=2, max_length=2)] | None = ("<think>", "</think>"),
 ) -> Shaped:
     """Internal x external redundancy penalty (Hong et al., Reconsidering Overthinking, arXiv 2508.02178).
 

@@ -9,9 +9,10 @@ output of a usual reward head) on the text ``prompt.text + completion``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
 
 import torch
+from pydantic import Field
 
 from rlfold.core.errors import ConfigError, ModelLoadError
 from rlfold.core.types import Prompt
@@ -101,6 +102,7 @@ def clear_reward_model_cache() -> None:
 
 
 AGGREGATES = ("mean", "wco", "uwo")
+Path_ = Annotated[str, Field(min_length=1)]  # a reward model directory ("" is the unset default)
 
 
 def aggregate_scores(scores: torch.Tensor, aggregate: str = "mean", uwo_lambda: float = 0.1,
@@ -131,11 +133,11 @@ def reward_model(
     completions: Sequence[str],
     finishes: Sequence[str],
     *,
-    path: str | list[str] = "",
-    aggregate: str = "mean",
+    path: Path_ | Annotated[list[Path_], Field(min_length=1)] = "",
+    aggregate: Literal["mean", "wco", "uwo"] = "mean",
     uwo_lambda: float = 0.1,
-    uwo_ddof: int = 1,
-    device: str | None = None,
+    uwo_ddof: Literal[0, 1] = 1,
+    device: Annotated[str, Field(min_length=1)] | None = None,
 ) -> list[float]:
     """Score ``prompt.text + completion`` with one reward model or an ensemble (``path`` a list).
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from rlfold.core.types import Prompt
 from rlfold.core.errors import ConfigError
@@ -201,8 +203,11 @@ class DomainMixSampler:
 
 
 @SAMPLERS.register("domain_mix")
-def domain_mix(prompts: Sequence[Prompt], *, seed: int, weights: Mapping[str, float], key: str = "domain",
-               warmup: int = 50, clip: Sequence[float] = (0.1, 10.0)) -> DomainMixSampler:
+def domain_mix(prompts: Sequence[Prompt], *, seed: int,
+               weights: Annotated[Mapping[str | int, Annotated[float, Field(ge=0)]], Field(min_length=1)],
+               key: Annotated[str, Field(min_length=1)] = "domain", warmup: Annotated[int, Field(ge=0)] = 50,
+               clip: Annotated[Sequence[Annotated[float, Field(gt=0)]], Field(min_length=2, max_length=2)]
+               = (0.1, 10.0)) -> DomainMixSampler:
     """Adaptive domain sampling of Apriel-Reasoner (arXiv 2604.02007): target share ``weights`` per domain.
 
     The domain of a prompt is ``str(prompt.meta[key])`` (arith: ``level``); every domain with
