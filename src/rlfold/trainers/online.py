@@ -41,6 +41,7 @@ from rlfold.trainers.critic import Critic, ValueTerm, value_metrics
 from rlfold.trainers.evaluate import evaluate
 from rlfold.trainers.inputs import StepContext, provide
 from rlfold.trainers.loop import StepResult
+from rlfold.trainers.preflight import check_dtype, check_prompts, check_stop_tokens
 from rlfold.trainers.schedule import make_scheduler
 from rlfold.trainers.scoring import Scorer
 from rlfold.trainers.sft import SFTTerm
@@ -98,9 +99,13 @@ class OnlineStep:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, a = cfg, cfg.algo
+        check_dtype(cfg)
         self.task = build_task(cfg.task, cfg.seed)
         dtype = DTYPES[cfg.model.dtype]
         self.model, self.tokenizer = load_model_and_tokenizer(cfg.model.path, dtype)
+        # The data against the model, before the reference model, critic and engines are built.
+        check_stop_tokens(cfg, self.tokenizer)
+        check_prompts(cfg, self.model, self.tokenizer, self.task.train, self.task.held_out[: cfg.eval.size])
         if cfg.model.disable_dropout:
             disable_dropout(self.model)
         self.ref_model = None
