@@ -29,6 +29,7 @@ from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES,
 from rlfold.algos.kl import adaptive_kl_coef
 from rlfold.algos.selection import SelectionInput
 from rlfold.core.config import AlgoConfig, RunConfig, TaskConfig
+from rlfold.core.errors import NumericalError
 from rlfold.core.masked import masked_mean, masked_sum
 from rlfold.core.registry import SAMPLERS, TASKS, TRAINERS, needed_inputs
 from rlfold.core.seeding import derive_seed, generator_for
@@ -43,7 +44,7 @@ from rlfold.trainers.inputs import StepContext, provide
 from rlfold.trainers.loop import StepResult
 from rlfold.trainers.preflight import check_dtype, check_prompts, check_stop_tokens
 from rlfold.trainers.schedule import make_scheduler
-from rlfold.trainers.scoring import Scorer
+from rlfold.trainers.scoring import Scorer, reward_problem
 from rlfold.trainers.sft import SFTTerm
 from rlfold.trainers.update import EntropyTerm, KLTerm, PolicyTerm, PreparedBatch, policy_update
 
@@ -81,6 +82,16 @@ class KLController:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.coef = state["coef"]
+
+
+def advantage_problem(adv: Tensor, mask: Tensor) -> str | None:
+    """Why the advantages cannot train (None if they can): non-finite on a response token."""
+    bad = mask.bool() & ~torch.isfinite(adv)
+    if not bool(bad.any()):
+        return None
+    rows = bad.any(dim=1).nonzero().flatten().tolist()
+    return (f"the advantage is non-finite on {int(bad.sum())} response tokens (rows {rows[:10]}); check the "
+            "reward scale and the advantage options")
 
 
 @dataclass
@@ -145,6 +156,7 @@ class OnlineStep:
         self.opt_steps_per_step = tc.ppo_epochs * -(-n_seq // (tc.mini_batch_size or n_seq))
         self.scheduler = make_scheduler(self.optimizer, tc.steps * self.opt_steps_per_step, tc.warmup_steps,
                                         tc.schedule, tc.min_lr_ratio)
+        self.skipped: list[tuple[int, str]] = []  # the current streak of steps that did not train: (step, why)
 
     # ----- what the loop needs --------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -182,9 +194,27 @@ class OnlineStep:
                           token_rewards=token_rewards, group_ids=s.group_ids, collector=self.collector,
                           critic=self.critic)
         t0 = time.perf_counter()
-        adv, adv_metrics = self.advantage(ctx)                                   # 4. advantage
+        problem = reward_problem(rewards, token_rewards, s.roll.response_mask)
+        adv = torch.full(s.roll.response_mask.shape, float("nan"))  # logged as such when never computed
+        adv_metrics: dict[str, float] = {}
+        if problem is None:
+            adv, adv_metrics = self.advantage(ctx)                               # 4. advantage
+            problem = advantage_problem(adv, s.roll.response_mask)
         t_adv = time.perf_counter() - t0
-        prep, sel_metrics = self.select(s, lp, rewards, adv, index)              # 5. selection
+        sel_metrics: dict[str, float] = {}
+        empty = False
+        if problem is None:
+            prep, sel_metrics = self.select(s, lp, rewards, adv, index)          # 5. selection
+            problem = self.empty_problem(s, prep, sel_metrics)
+            empty = problem is not None
+        health = {"train/empty_step": float(empty), "train/bad_reward_step": float(problem is not None and not empty)}
+        if problem is not None:  # nothing to train on: the step is skipped like a non-finite one
+            metrics = {**adv_metrics, **s.metrics, **sel_metrics, **kl_metrics, **health,
+                       "actor/lr": self.optimizer.param_groups[0]["lr"],
+                       "timing_s/gen": s.t_gen, "timing_s/reward": s.t_reward, "timing_s/adv": t_adv,
+                       "timing_s/step": time.perf_counter() - t_step,
+                       "perf/tokens_per_s": float(s.roll.response_mask.sum()) / max(s.t_gen, 1e-9)}
+            return self.skip(index, problem, StepResult(metrics, False, self.samples(s, rewards, adv)))
         t0 = time.perf_counter()
         critic_metrics = self.critic_stage(ctx, prep) if self.critic is not None else {}  # 6. critic
         t_critic = time.perf_counter() - t0
@@ -196,7 +226,7 @@ class OnlineStep:
             self.kl.update(float(masked_mean(kl_tokens, s.roll.response_mask)), s.roll.size)
         roll, dt = s.roll, time.perf_counter() - t_step
         metrics: dict[str, float] = {
-            **adv_metrics, **s.metrics, **sel_metrics, **kl_metrics, **critic_metrics, **stats.metrics,
+            **adv_metrics, **s.metrics, **sel_metrics, **kl_metrics, **critic_metrics, **stats.metrics, **health,
             "actor/lr": self.optimizer.param_groups[0]["lr"],
             "timing_s/gen": s.t_gen, "timing_s/reward": s.t_reward, "timing_s/ref": lp.seconds_ref,
             "timing_s/adv": t_adv, "timing_s/critic": t_critic, "timing_s/update": t_update, "timing_s/step": dt,
@@ -204,7 +234,52 @@ class OnlineStep:
         }
         if self.recompute:
             metrics["timing_s/old"] = lp.seconds_old
+        if stats.finite:
+            self.skipped.clear()
+        else:
+            self.skipped.append((index + 1, "the loss or gradient was non-finite"))
         return StepResult(metrics, stats.finite, self.samples(s, rewards, adv))
+
+    def empty_problem(self, s: Sampled, prep: PreparedBatch, sel_metrics: dict[str, float]) -> str | None:
+        """Why no token of the prepared batch can train (None if some can)."""
+        live = prep.loss_mask > 0
+        if prep.token_weights is not None:
+            live = live & (prep.token_weights != 0)
+        if bool(live.any()):
+            return None
+        if s.roll.size and bool(s.unscorable.all()):
+            names = ", ".join(r.name for r in self.cfg.rewards)
+            return (f"the reward functions ({names}) returned None for all {s.roll.size} samples "
+                    "(reward/unscorable_frac = 1), so no sample is scored and none can train; check the reward "
+                    "functions against the task's answers")
+        if not bool(s.roll.response_mask.bool().any()):
+            return "every response is empty (no response token), so there is nothing to train on"
+        names = ", ".join(sp.name for sp in self.cfg.algo.selection) or "none"
+        shown = ", ".join(f"{k}={v:g}" for k, v in sel_metrics.items() if k.startswith("selection/"))
+        what = "weighted every token 0" if bool((prep.loss_mask > 0).any()) else "removed every token"
+        hint = (f"; every response was cut at rollout.max_new_tokens={self.cfg.rollout.max_new_tokens}, so raise it "
+                "if the responses need more tokens" if bool(s.roll.truncated.all()) else "")
+        return (f"the selection parts ({names}) {what} of the {prep.size} scored samples"
+                + (f" ({shown})" if shown else "") + f", so there is nothing to train on{hint}")
+
+    def skip(self, index: int, problem: str, result: StepResult) -> StepResult:
+        """A step that cannot train: no update, counted by the loop's non-finite streak. The run stops
+        here, naming each step's cause, when that streak reaches ``train.max_nonfinite_steps``, or at
+        the last step of a run none of whose steps trained (its final model would be the initial one)."""
+        self.skipped.append((index + 1, problem))
+        limit = self.cfg.train.max_nonfinite_steps
+        never = index + 1 == self.cfg.train.steps and self.skipped[0][0] == 1 and len(self.skipped) == index + 1
+        if len(self.skipped) >= limit or never:
+            by_cause: dict[str, list[int]] = {}
+            for i, why in self.skipped[-limit:]:
+                by_cause.setdefault(why, []).append(i)
+            causes = "; ".join(f"step{'s' if len(ix) > 1 else ''} {', '.join(map(str, ix))}: {why}"
+                               for why, ix in by_cause.items())
+            n = min(len(self.skipped), limit)
+            what = (f"none of the {n} steps of the run could train" if never and n < limit else
+                    f"{n} steps in a row could not train (train.max_nonfinite_steps={limit})")
+            raise NumericalError(f"{what}; stopped before writing a checkpoint over the last good one. {causes}")
+        return result
 
     def logprobs(self, s: Sampled) -> LogProbs:
         """Stage 2. Old log-probs: the engine's when it computes with the trainer's weights, else the

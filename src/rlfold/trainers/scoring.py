@@ -46,6 +46,29 @@ def fill_unscorable(scores: torch.Tensor, group_ids: torch.Tensor) -> tuple[torc
     return out, bad
 
 
+# float32 statistics of the rewards (group variances, whitening, discounted sums) square and sum them;
+# beyond this magnitude they overflow, and an advantage divided by an infinite std is silently 0.
+_F32_MAX = torch.finfo(torch.float32).max
+
+
+def reward_problem(rewards: torch.Tensor, token_rewards: torch.Tensor, mask: torch.Tensor) -> str | None:
+    """Why a step's rewards cannot train (None if they can): a non-finite reward, or rewards so large
+    that the advantage statistics overflow float32 (their squares summed over the batch)."""
+    tokens = torch.where(mask.bool(), token_rewards.float(), torch.zeros((), dtype=torch.float32))
+    for name, x in (("reward", rewards.float()), ("per-token reward", tokens)):
+        flat = x.flatten()
+        bad = ~torch.isfinite(flat)
+        if bool(bad.any()):
+            return (f"{int(bad.sum())} {name}s are non-finite (e.g. {flat[bad][0].item()}); rewards must be finite "
+                    "numbers: check the reward functions, rewards[].weight and the KL term")
+        if flat.numel() and not bool(torch.isfinite(flat.square().sum())):
+            big = flat.abs().max().item()
+            return (f"{name}s up to |r| = {big:.3g} overflow the advantage statistics (their squares exceed the "
+                    f"float32 range {_F32_MAX:.3g}), which would make every advantage 0 or NaN; rescale the rewards "
+                    "(rewards[].weight, the reward function) to a moderate range such as [-10, 10]")
+    return None
+
+
 class Scorer:
     """Scores rollouts with the run's reward functions and shaping parts.
 
@@ -102,4 +125,4 @@ class Scorer:
             mine.update(theirs)
 
 
-__all__ = ["Scored", "Scorer", "fill_unscorable", "place_on_last_token"]
+__all__ = ["Scored", "Scorer", "fill_unscorable", "place_on_last_token", "reward_problem"]
