@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import difflib
 import sys
 import time
@@ -285,6 +286,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"interrupted. {exc}".rstrip(), file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the command boundary: a library error that escaped validation
+        if os.environ.get("RLFOLD_TRACEBACK"):
+            raise
+        where = _innermost_frame(exc)
+        print(f"error: rlfold {args.command} failed: {type(exc).__name__}: {exc} (raised at {where}; "
+              "set RLFOLD_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+        return 2
+
+
+def _innermost_frame(exc: BaseException) -> str:
+    """``file:line in function`` of the frame that raised ``exc``."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    code = tb.tb_frame.f_code
+    return f"{Path(code.co_filename).name}:{tb.tb_lineno} in {code.co_name}"
 
 
 if __name__ == "__main__":

@@ -25,6 +25,51 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    """A YAML mapping whose keys are unique: a repeated key would silently override the first."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key]}, again at line {line})",
+                key_node.start_mark)
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                        lambda loader, node: _mapping_without_duplicates(loader, node, deep=True))
+
+
+def _duplicate_key_path(text: str) -> str | None:
+    """Dotted path (``train.lr``) of the first key repeated within one YAML mapping, if any."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return None
+
+    def walk(node: Any, path: tuple[Any, ...]) -> str | None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for k, v in node.value:
+                if k.value in seen:
+                    return _dotted((*path, str(k.value)))
+                seen.add(k.value)
+                found = walk(v, (*path, str(k.value)))
+                if found:
+                    return found
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                found = walk(v, (*path, i))
+                if found:
+                    return found
+        return None
+
+    return walk(root, ())
+
+
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
@@ -222,6 +267,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             mark = getattr(exc, "problem_mark", None)
             where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
             problem = getattr(exc, "problem", None) or str(exc)
+            dup = _duplicate_key_path(text) if "duplicate key" in problem else None
+            if dup:
+                raise ConfigError(f"{where}: {dup} is set twice ({problem}); keep one") from None
             raise ConfigError(f"{where}: config file is not valid YAML ({problem})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(
