@@ -94,8 +94,8 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, local_files_only=True)
     except Exception as exc:  # noqa: BLE001
         weights = sorted(q.name for q in resolved.iterdir() if q.suffix in (".safetensors", ".bin", ".pt"))
-        named = f" (weights: {', '.join(weights)})" if weights else " (no weights file: model.safetensors missing)"
-        raise ModelLoadError(f"could not load a causal LM from {resolved}{named}: {exc}") from exc
+        named = f"weights: {', '.join(weights)}" if weights else "no weights file such as model.safetensors"
+        raise ModelLoadError(f"could not load a causal LM from {resolved}: {exc} ({named})") from exc
     try:
         probe = tokenizer("1+1=2 a", add_special_tokens=False)["input_ids"]
     except Exception as exc:  # noqa: BLE001
