@@ -440,6 +440,7 @@ if "_test_sigint_reward" not in REWARDS:
 
 
 def test_ctrl_c_while_generating_drops_the_step_and_saves_the_last_finished_one(tmp_path, capsys):
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs in the background
     run = tmp_path / "run"
     argv = _train(run, "rewards=[{name: _test_sigint_reward}]", "train.steps=6", "checkpoint.every=2",
                   "checkpoint.keep=5", "eval.every=0")
@@ -449,7 +450,7 @@ def test_ctrl_c_while_generating_drops_the_step_and_saves_the_last_finished_one(
     assert "which was dropped; checkpoint step_0000003 holds the last finished step (3)" in err
     assert f"continue with --resume {run}" in err
     assert ckpt.read_latest(run) == "step_0000003" and _steps(run) == [0, 1, 2, 3]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # restored
     assert main([*argv, "--resume", str(run)]) == 0
     assert _steps(run) == list(range(7))
 
