@@ -5,6 +5,8 @@ from rlfold.rollout.build import build_engine, build_eval_engine
 from rlfold.rollout.hf_engine import ENGINES, HFEngine
 from rlfold.rollout.multi_turn import MultiTurnEngine
 from rlfold.rollout.sampling import SamplingParams, process_logits
+from rlfold.rollout.vllm_engine import VLLMEngine
+from rlfold.rollout.vllm_server import VLLMServerEngine
 
 __all__ = ["ENGINES", "Engine", "EngineContext", "GenerationRequest", "HFEngine", "MultiTurnEngine",
-           "SamplingParams", "build_engine", "build_eval_engine", "process_logits", "requests_for"]
+           "SamplingParams", "VLLMEngine", "VLLMServerEngine", "build_engine", "build_eval_engine", "process_logits", "requests_for"]

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from rlfold.core.errors import DataError
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.rollout.sampling import SamplingParams
 
@@ -61,10 +62,27 @@ class Engine(Protocol):
     def wake(self) -> None: ...
 
 
+def encode_request(tokenizer: Any, request: GenerationRequest, index: int = 0, engine: str = "engine") -> list[int]:
+    """The prompt token ids of ``request``: its context ids as given, its chat messages through the
+    tokenizer's chat template, or its prompt text (see ``GenerationRequest``)."""
+    if request.context_ids is not None:
+        ids = list(request.context_ids)
+    elif request.messages is not None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(f"{engine}.generate: request {index} carries chat messages but the tokenizer has no "
+                            "chat template")
+        ids = list(tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True))
+    else:
+        ids = list(tokenizer(request.prompt.text, add_special_tokens=True)["input_ids"])
+    if len(ids) == 0:
+        raise DataError(f"{engine}.generate: prompt {index} ({request.prompt.text!r}) tokenizes to no tokens")
+    return ids
+
+
 def requests_for(prompts: Sequence[Prompt]) -> list[GenerationRequest]:
     """One plain request per prompt (its chat messages when the prompt carries ``meta["messages"]``)."""
     return [GenerationRequest(prompt=p, messages=p.meta.get("messages") if isinstance(p.meta, dict) else None)
             for p in prompts]
 
 
-__all__ = ["Engine", "EngineContext", "GenerationRequest", "requests_for"]
+__all__ = ["Engine", "EngineContext", "GenerationRequest", "encode_request", "requests_for"]

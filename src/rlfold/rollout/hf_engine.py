@@ -16,7 +16,7 @@ from rlfold.core.masked import positions_from_mask as _positions
 from rlfold.core.seeding import generator_for
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
 from rlfold.models.logprobs import model_device as _device
-from rlfold.rollout.base import EngineContext, GenerationRequest
+from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request
 from rlfold.rollout.sampling import SamplingParams, process_logits
 
 ENGINES = registry.ENGINES
@@ -107,18 +107,7 @@ class HFEngine:
     # ------------------------------------------------------------------ helpers
     def encode(self, request: GenerationRequest, index: int = 0) -> list[int]:
         """The prompt token ids of ``request`` (context ids, chat template, or the prompt text)."""
-        if request.context_ids is not None:
-            ids = list(request.context_ids)
-        elif request.messages is not None:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise DataError(f"HFEngine.generate: request {index} carries chat messages but the tokenizer has no "
-                                "chat template")
-            ids = list(self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True))
-        else:
-            ids = list(self.tokenizer(request.prompt.text, add_special_tokens=True)["input_ids"])
-        if len(ids) == 0:
-            raise DataError(f"HFEngine.generate: prompt {index} ({request.prompt.text!r}) tokenizes to no tokens")
-        return ids
+        return encode_request(self.tokenizer, request, index, engine="HFEngine")
 
     def _encode(self, requests: Sequence[GenerationRequest], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows: list[list[int]] = []
