@@ -30,6 +30,7 @@ import torch
 
 from rlfold.core import registry
 from rlfold.core.errors import ConfigError, DataError
+from rlfold.models.loading import resolve_model_path
 from rlfold.rollout.assemble import batch_from_rows
 from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request
 from rlfold.rollout.sampling import SamplingParams
@@ -94,7 +95,7 @@ class VLLMEngine:
             raise ConfigError("vllm engine: the tokenizer has neither a pad_token nor an eos_token to pad with")
         self.pad_id = int(pad)
         self.shares_weights = False
-        self.model_path = ctx.model_path
+        self.model_path = str(resolve_model_path(ctx.model_path))
         self.sleep_level = 0 if self.on_cpu else int(sleep_level)
         self._sleeping = False
         kwargs: dict[str, Any] = {
@@ -116,9 +117,9 @@ class VLLMEngine:
         if self.sync_mode == "rebuild":
             self._tmp = tempfile.mkdtemp(prefix="rlfold-vllm-")
             weakref.finalize(self, shutil.rmtree, self._tmp, True)
-            self._writer = CheckpointWriter(ctx.model_path, self._tmp)
+            self._writer = CheckpointWriter(self.model_path, self._tmp)
         self.last_sync_s = 0.0
-        self._box: dict[str, Any] = {"llm": self._start(ctx.model_path)}
+        self._box: dict[str, Any] = {"llm": self._start(self.model_path)}
         _LIVE.add(self)
         self._finalizer = weakref.finalize(self, _shutdown, self._box)
 

@@ -36,6 +36,7 @@ import torch
 
 from rlfold.core import registry
 from rlfold.core.errors import ConfigError, DataError
+from rlfold.models.loading import resolve_model_path
 from rlfold.rollout.assemble import batch_from_rows
 from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request
 from rlfold.rollout.sampling import SamplingParams
@@ -130,6 +131,8 @@ class VLLMServerEngine:
         kv_cache_memory_bytes: int | None = None,
         server_args: list[str] | None = None,
     ) -> None:
+        if url is None:
+            import_vllm("vllm_server")  # the server is this Python's vLLM: fail first, with the install hint
         if sync not in ("auto", "reload", "restart"):
             raise ConfigError(f"vllm_server engine: sync must be auto, reload or restart, got {sync!r}")
         if sync == "restart" and url is not None:
@@ -142,17 +145,16 @@ class VLLMServerEngine:
             raise ConfigError("vllm_server engine: the tokenizer has neither a pad_token nor an eos_token")
         self.pad_id = int(pad)
         self.shares_weights = False
-        self.model_path = ctx.model_path
+        self.model_path = str(resolve_model_path(ctx.model_path))
         self.concurrency, self.request_timeout_s, self.startup_timeout_s = concurrency, request_timeout_s, startup_timeout_s
         self._tmp = tempfile.mkdtemp(prefix="rlfold-vllm-server-")
         weakref.finalize(self, shutil.rmtree, self._tmp, True)
         self.weights_dir = weights_dir or os.path.join(self._tmp, "weights")
         self.weights = WeightSync(specs_of(ctx.model.named_parameters(), ctx.dtype),
                                   chunk_bytes=int(chunk_mb * (1 << 20)), engine="vllm_server engine")
-        self._writer = CheckpointWriter(ctx.model_path, self.weights_dir)
+        self._writer = CheckpointWriter(self.model_path, self.weights_dir)
         self.server: _Server | None = None
         if url is None:
-            import_vllm("vllm_server")  # the server is this Python's vLLM: fail here, with the install hint
             from vllm.platforms import current_platform
 
             on_cpu = bool(current_platform.is_cpu())
@@ -163,7 +165,7 @@ class VLLMServerEngine:
             if on_cpu:
                 args += ["--enforce-eager"]
             self._server_args = args + list(server_args or [])
-            self.server = _Server(ctx.model_path, ctx.model_path, self._server_args, self._tmp, startup_timeout_s)
+            self.server = _Server(self.model_path, self.model_path, self._server_args, self._tmp, startup_timeout_s)
             self.url = self.server.url
             self.model_name = "policy"
             self.sync_mode = ("restart" if on_cpu else "reload") if sync == "auto" else sync

@@ -29,7 +29,7 @@ from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES,
 from rlfold.algos.kl import adaptive_kl_coef
 from rlfold.algos.selection import SelectionInput
 from rlfold.core.config import AlgoConfig, RunConfig, TaskConfig
-from rlfold.core.errors import NumericalError
+from rlfold.core.errors import ConfigError, NumericalError
 from rlfold.core.masked import masked_mean, masked_sum
 from rlfold.core.registry import SAMPLERS, TASKS, TRAINERS, needed_inputs
 from rlfold.core.seeding import derive_seed, generator_for
@@ -221,7 +221,9 @@ class OnlineStep:
         t0 = time.perf_counter()
         stats = self.update(prep)                                                # 7. update
         t_update = time.perf_counter() - t0
+        t0 = time.perf_counter()
         self.sync_weights()
+        t_sync = time.perf_counter() - t0
         if kl_tokens is not None:
             self.kl.update(float(masked_mean(kl_tokens, s.roll.response_mask)), s.roll.size)
         roll, dt = s.roll, time.perf_counter() - t_step
@@ -229,7 +231,8 @@ class OnlineStep:
             **adv_metrics, **s.metrics, **sel_metrics, **kl_metrics, **critic_metrics, **stats.metrics, **health,
             "actor/lr": self.optimizer.param_groups[0]["lr"],
             "timing_s/gen": s.t_gen, "timing_s/reward": s.t_reward, "timing_s/ref": lp.seconds_ref,
-            "timing_s/adv": t_adv, "timing_s/critic": t_critic, "timing_s/update": t_update, "timing_s/step": dt,
+            "timing_s/adv": t_adv, "timing_s/critic": t_critic, "timing_s/update": t_update, "timing_s/sync": t_sync,
+            "timing_s/step": dt,
             "perf/tokens_per_s": float(roll.response_mask.sum()) / max(s.t_gen, 1e-9),
         }
         if self.recompute:
@@ -287,6 +290,10 @@ class OnlineStep:
         roll, mb = s.roll, self.cfg.train.micro_batch_size
         t0 = time.perf_counter()
         old = roll.policy_logprobs
+        if not self.recompute and bool(torch.isnan(old[roll.response_mask.bool()]).any()):
+            raise ConfigError(f"rollout engine {self.cfg.rollout.engine!r} reported no plain-policy log-probs for "
+                              "this sampling (temperature != 1, top_p or top_k), so old log-probs must come from "
+                              "the trainer: set rollout.recompute_logprobs=true (or leave it unset)")
         if self.recompute:
             old = batched_logprobs(self.model, roll.prompt_ids, roll.prompt_mask, roll.response_ids,
                                    roll.response_mask, roll.response_attention_mask, batch_size=mb)
