@@ -115,3 +115,49 @@ def test_engine_sleeps_through_the_update_and_wakes_for_generation_and_weights(t
         assert "generate T=0" in log
     first_update = log.index("update_weights")
     assert log[first_update - 2:first_update] == ["sleep", "wake"]
+
+
+def test_recomputed_old_logprobs_log_the_engine_mismatch_without_tis(tmp_path):
+    """Whenever the trainer recomputes old log-probs it logs how far the engine's are (``sampling/*``)."""
+    run = build_run(load_config(RECIPE, [*TINY, *COPY[:2]]), tmp_path / "run")
+    m = run.trainer.step(0).metrics
+    assert 0 <= m["sampling/sampling_logp_difference/max"] < 1e-4 and "selection/tis_outside_frac" not in m
+    assert m["sampling/importance_sampling_ratio/min"] <= 1 <= m["sampling/importance_sampling_ratio/max"]
+
+
+def test_engine_mismatch_numbers():
+    from rlfold.algos.selection import engine_mismatch
+
+    old = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]])
+    beh = torch.tensor([[-1.5, -1.0, 9.0], [-0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    m = engine_mismatch(old, beh, mask)  # differences 0.5, -1, 0 on the valid tokens
+    assert m["sampling/sampling_logp_difference/mean"] == pytest.approx(0.5, abs=1e-12)
+    assert m["sampling/sampling_logp_difference/max"] == pytest.approx(1.0, abs=1e-12)
+    assert m["sampling/importance_sampling_ratio/min"] == pytest.approx(float(torch.tensor(-1.0).exp()), abs=1e-7)
+    assert m["sampling/importance_sampling_ratio/max"] == pytest.approx(float(torch.tensor(0.5).exp()), abs=1e-7)
+    want_mean = (float(torch.tensor(0.5).exp()) + float(torch.tensor(-1.0).exp()) + 1.0) / 3
+    assert m["sampling/importance_sampling_ratio/mean"] == pytest.approx(want_mean, abs=1e-7)
+    empty = engine_mismatch(old, beh, torch.zeros_like(mask))
+    assert empty["sampling/sampling_logp_difference/max"] == 0 and empty["sampling/importance_sampling_ratio/mean"] == 1
+
+
+def test_an_engine_without_policy_logprobs_needs_the_recomputation(tmp_path):
+    """An engine that reports no plain-policy log-probs (NaN, as vLLM does for truncated sampling) with
+    recompute_logprobs=false is a clear error at the first step, before any update."""
+    from rlfold.core.errors import ConfigError
+
+    run = build_run(load_config(RECIPE, [*TINY, *COPY[:1], "rollout.recompute_logprobs=false"]), tmp_path / "run")
+    inner = run.trainer.engine
+
+    class NoPolicyLogprobs(_Recorder):
+        def generate(self, requests, params, seed):
+            batch = inner.generate(requests, params, seed)
+            batch.policy_logprobs = torch.full_like(batch.policy_logprobs, float("nan"))
+            return batch
+
+    run.trainer.engine = run.trainer.collector.engine = NoPolicyLogprobs(inner)
+    before = [p.detach().clone() for p in run.trainer.model.parameters()]
+    with pytest.raises(ConfigError, match="no plain-policy log-probs.*rollout.recompute_logprobs=true"):
+        run.trainer.step(0)
+    assert all(torch.equal(a, b) for a, b in zip(before, run.trainer.model.parameters()))

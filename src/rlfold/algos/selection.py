@@ -303,6 +303,25 @@ def pf_ppo(
     return Selection(rows=rows, metrics={"selection/unique_rows_frac": unique / n})
 
 
+def engine_mismatch(old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor) -> dict[str, float]:
+    """How far the engine's log-probs are from the trainer's, per valid token (TRL's ``sampling/*`` names):
+    ``sampling/sampling_logp_difference/mean|max`` = |old - behaviour|, and
+    ``sampling/importance_sampling_ratio/min|mean|max`` = exp(clamp(old - behaviour, -20, 20)). With no
+    valid token the differences are 0 and the ratios 1."""
+    valid = mask.bool()
+    diff = (old_logprobs.detach().double() - behaviour_logprobs.detach().double())[valid]
+    if diff.numel() == 0:
+        return {"sampling/sampling_logp_difference/mean": 0.0, "sampling/sampling_logp_difference/max": 0.0,
+                "sampling/importance_sampling_ratio/min": 1.0, "sampling/importance_sampling_ratio/mean": 1.0,
+                "sampling/importance_sampling_ratio/max": 1.0}
+    ratio = diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()
+    return {"sampling/sampling_logp_difference/mean": float(diff.abs().mean()),
+            "sampling/sampling_logp_difference/max": float(diff.abs().max()),
+            "sampling/importance_sampling_ratio/min": float(ratio.min()),
+            "sampling/importance_sampling_ratio/mean": float(ratio.mean()),
+            "sampling/importance_sampling_ratio/max": float(ratio.max())}
+
+
 @SELECTIONS.register("tis")
 def tis(
     inp: SelectionInput,

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, SELECTIONS
 from rlfold.algos.kl import adaptive_kl_coef
-from rlfold.algos.selection import SelectionInput
+from rlfold.algos.selection import SelectionInput, engine_mismatch
 from rlfold.core.config import AlgoConfig, RunConfig, TaskConfig
 from rlfold.core.errors import ConfigError, NumericalError
 from rlfold.core.masked import masked_mean, masked_sum
@@ -102,6 +102,7 @@ class LogProbs:
     ref: Tensor | None
     seconds_old: float
     seconds_ref: float
+    metrics: dict[str, float]  # engine/trainer mismatch when old log-probs were recomputed
 
 
 @TRAINERS.register("online")
@@ -209,7 +210,7 @@ class OnlineStep:
             empty = problem is not None
         health = {"train/empty_step": float(empty), "train/bad_reward_step": float(problem is not None and not empty)}
         if problem is not None:  # nothing to train on: the step is skipped like a non-finite one
-            metrics = {**adv_metrics, **s.metrics, **sel_metrics, **kl_metrics, **health,
+            metrics = {**adv_metrics, **s.metrics, **lp.metrics, **sel_metrics, **kl_metrics, **health,
                        "actor/lr": self.optimizer.param_groups[0]["lr"],
                        "timing_s/gen": s.t_gen, "timing_s/reward": s.t_reward, "timing_s/adv": t_adv,
                        "timing_s/step": time.perf_counter() - t_step,
@@ -228,7 +229,8 @@ class OnlineStep:
             self.kl.update(float(masked_mean(kl_tokens, s.roll.response_mask)), s.roll.size)
         roll, dt = s.roll, time.perf_counter() - t_step
         metrics: dict[str, float] = {
-            **adv_metrics, **s.metrics, **sel_metrics, **kl_metrics, **critic_metrics, **stats.metrics, **health,
+            **adv_metrics, **s.metrics, **lp.metrics, **sel_metrics, **kl_metrics, **critic_metrics, **stats.metrics,
+            **health,
             "actor/lr": self.optimizer.param_groups[0]["lr"],
             "timing_s/gen": s.t_gen, "timing_s/reward": s.t_reward, "timing_s/ref": lp.seconds_ref,
             "timing_s/adv": t_adv, "timing_s/critic": t_critic, "timing_s/update": t_update, "timing_s/sync": t_sync,
@@ -298,12 +300,13 @@ class OnlineStep:
             old = batched_logprobs(self.model, roll.prompt_ids, roll.prompt_mask, roll.response_ids,
                                    roll.response_mask, roll.response_attention_mask, batch_size=mb)
         t_old = time.perf_counter() - t0
+        metrics = engine_mismatch(old, roll.sample_logprobs, roll.response_mask) if self.recompute else {}
         t0 = time.perf_counter()
         ref = None
         if self.ref_model is not None:
             ref = batched_logprobs(self.ref_model, roll.prompt_ids, roll.prompt_mask, roll.response_ids,
                                    roll.response_mask, roll.response_attention_mask)
-        return LogProbs(old, ref, t_old, time.perf_counter() - t0)
+        return LogProbs(old, ref, t_old, time.perf_counter() - t0, metrics)
 
     def kl_stage(self, s: Sampled, lp: LogProbs) -> tuple[Tensor, Tensor, Tensor | None, dict[str, float]]:
         """Stage 3. Per-token KL to the reference (of the policy the batch was sampled from); with
