@@ -31,7 +31,8 @@ def test_copy_engine_sees_new_weights_only_through_update_weights(tmp_path, monk
     real = type(t.engine).update_weights
     monkeypatch.setattr(type(t.engine), "update_weights", lambda self, named, streamed=False: calls.append(self))
     res = t.step(0)
-    assert res.finite and len(calls) == 2  # training and evaluation engine, once each
+    assert t.eval_engine is t.engine  # the same engine and options: one instance serves both
+    assert res.finite and len(calls) == 1  # one engine, one update
     assert not _params_equal(t.engine.model, t.model)  # the copy did not move by itself
     real(t.engine, t.model.named_parameters(), streamed=True)
     assert _params_equal(t.engine.model, t.model)

@@ -24,4 +24,14 @@ def build_eval_engine(rollout: Any, ctx: EngineContext) -> Engine:
     return ENGINES.get(rollout.eval_engine)(ctx, **rollout.eval_engine_kwargs)
 
 
-__all__ = ["build_engine", "build_eval_engine"]
+def build_engines(rollout: Any, ctx: EngineContext) -> tuple[Engine, Engine]:
+    """The training and evaluation engines. One instance serves both when they name the same engine with the
+    same options and the rollout is single-turn (an engine with weights of its own, e.g. vLLM, then holds
+    its memory and takes each weight update once)."""
+    train = build_engine(rollout, ctx)
+    same = (rollout.env is None and rollout.eval_engine == rollout.engine
+            and rollout.eval_engine_kwargs == rollout.engine_kwargs)
+    return train, train if same else build_eval_engine(rollout, ctx)
+
+
+__all__ = ["build_engine", "build_engines", "build_eval_engine"]

@@ -35,7 +35,7 @@ from rlfold.core.registry import SAMPLERS, TASKS, TRAINERS, needed_inputs
 from rlfold.core.seeding import derive_seed, generator_for
 from rlfold.models import disable_dropout, load_model_and_tokenizer
 from rlfold.models.logprobs import batched_logprobs
-from rlfold.rollout import EngineContext, SamplingParams, build_engine, build_eval_engine
+from rlfold.rollout import EngineContext, SamplingParams, build_engines
 from rlfold.tasks import Task
 from rlfold.trainers.collect import RolloutCollector, Sampled
 from rlfold.trainers.critic import Critic, ValueTerm, value_metrics
@@ -135,8 +135,7 @@ class OnlineStep:
                        if "values" in needed_inputs(self.adv_fn) else None)
         self.sft = SFTTerm(self.model, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
         ctx = EngineContext(model=self.model, tokenizer=self.tokenizer, model_path=cfg.model.path, dtype=dtype)
-        self.engine = build_engine(cfg.rollout, ctx)
-        self.eval_engine = build_eval_engine(cfg.rollout, ctx)
+        self.engine, self.eval_engine = build_engines(cfg.rollout, ctx)
         self.recompute = (cfg.rollout.recompute_logprobs if cfg.rollout.recompute_logprobs is not None
                           else not self.engine.shares_weights)
         self.params = sampling_params(cfg.rollout)
@@ -400,7 +399,8 @@ class OnlineStep:
 
     def sync_weights(self) -> None:
         """The new weights reach the engines, awake (a no-op for engines that share the trainer's tensors)."""
-        for engine in (self.engine, self.eval_engine):
+        engines = [self.engine] if self.eval_engine is self.engine else [self.engine, self.eval_engine]
+        for engine in engines:
             if not engine.shares_weights:
                 engine.wake()
                 engine.update_weights(self.model.named_parameters(), streamed=True)
