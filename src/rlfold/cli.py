@@ -1,4 +1,4 @@
-"""Command line: ``rlfold demo | train | eval | recipes | plot``."""
+"""Command line: ``rlfold demo | train | eval | recipes | plot | report | compare``."""
 
 from __future__ import annotations
 
@@ -61,6 +61,13 @@ def _resume_hint(run_dir: Path) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if getattr(args, "help_config", None) is not None:
+        from rlfold.core.config_doc import render_help
+
+        print(render_help(args.help_config or None), end="")
+        return 0
+    if args.config is None:
+        raise RlfoldError("rlfold train needs a recipe (a YAML file or a shipped name, see `rlfold recipes`)")
     from rlfold.core.config_loader import load_config
 
     cfg = load_config(resolve_recipe(args.config), args.overrides)
@@ -112,6 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlfold.models import load_model_and_tokenizer
     from rlfold.rollout import ENGINES, EngineContext
     from rlfold.tasks import TASKS
+    from rlfold.tasks.chat import for_tokenizer
     from rlfold.trainers.evaluate import evaluate
 
     for flag, value in (("--k", args.k), ("--size", args.size), ("--max-new-tokens", args.max_new_tokens)):
@@ -120,6 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(args.model)
     size = args.size if args.size is not None else DEFAULT_EVAL_SIZE
     task = TASKS.get(args.task)(levels=args.levels, held_out_size=size, seed=args.seed, held_out_file=args.data)
+    task = for_tokenizer(task, tokenizer, model=args.model)  # chat rows through the model's chat template
     held_out = task.held_out[: args.size] if args.size is not None else task.held_out  # --size caps --data too
     engine = ENGINES.get(args.engine)(EngineContext(model=model, tokenizer=tokenizer, model_path=args.model,
                                                     dtype=next(model.parameters()).dtype))
@@ -220,6 +229,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``rlfold report RUN_DIR``: write the run's self-contained HTML report."""
+    from rlfold.reporting import write_report
+
+    print(write_report(args.run_dir, args.out))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``rlfold compare RUN ...``: one figure of chosen metrics over several runs."""
+    from rlfold.reporting import compare_runs
+
+    print(compare_runs(args.run_dirs, args.metric, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rlfold", description="RL post-training of language models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -230,8 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="run a recipe (YAML file or shipped recipe name)")
-    p.add_argument("config", help="recipe YAML file, or the name of a shipped recipe (see `rlfold recipes`)")
+    p.add_argument("config", nargs="?", default=None,
+                   help="recipe YAML file, or the name of a shipped recipe (see `rlfold recipes`)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 model.path=DIR")
+    p.add_argument("--help-config", nargs="?", const="", default=None, metavar="SECTION",
+                   help="print every configuration option (or those of SECTION, e.g. rollout) with its type, "
+                        "default, range and description, and exit")
     p.add_argument("--print-config", action="store_true",
                    help="validate, print the resolved configuration as YAML and exit without training")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue from RUN_DIR's latest checkpoint")
@@ -250,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=4, help="samples per prompt for pass@k (>= 1)")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default=None, help="JSONL of prompt/answer rows to evaluate instead")
+    p.add_argument("--data", default=None, help="dataset of prompt/answer rows to evaluate instead (JSONL, "
+                   "Parquet, CSV, JSON, a save_to_disk directory)")
     p.add_argument("--reward", default=None, help="reward deciding correctness (default: the task's first reward)")
     p.add_argument("--engine", default="hf", help="registered engine to generate with (default: hf)")
     p.set_defaults(func=cmd_eval)
@@ -265,6 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run (curves, summary, samples, config)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="plot metrics of several runs in one figure (seeds of a recipe: mean ± std)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories; runs with the same recipe name (seeds) are drawn as mean ± std")
+    p.add_argument("--metric", action="extend", nargs="+", default=None, metavar="NAME",
+                   help="metrics to plot (repeatable; default: held-out accuracy, reward/mean, acc/mean, "
+                        "response_length/mean)")
+    p.add_argument("--out", default=None, help="compare.png by default; a .html name writes a page with the figure")
+    p.set_defaults(func=cmd_compare)
     return ap
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from rlfold.core.registry import (
     ADVANTAGES, AGGREGATIONS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SAMPLERS,
-    SELECTIONS, SHAPINGS, TASKS, TRAINERS, needed_inputs,
+    SELECTIONS, SHAPINGS, TASKS, TRACKERS, TRAINERS, needed_inputs,
 )
 from rlfold.core.options import is_group_relative, literal_choices
 from rlfold.core.suggest import closest
@@ -50,9 +50,21 @@ class TaskConfig(_Strict):
     held_out_fraction: float = Field(
         0.1, gt=0, lt=1, description="share of each level's problems reserved for the held-out split, chosen by a "
                                      "hash of the prompt text so train and held-out never overlap")
-    train_file: Optional[str] = Field(None, description="JSONL with prompt/answer rows (replaces generated data)")
+    train_file: Optional[str] = Field(
+        None, description="dataset of prompt/answer rows (replaces generated data): JSONL, .parquet, .csv, .json or a "
+                          "save_to_disk directory (all but JSONL need rlfold[data])")
     held_out_file: Optional[str] = Field(
-        None, description="JSONL with prompt/answer rows for evaluation (replaces the generated held-out split)")
+        None, description="dataset of prompt/answer rows for evaluation (replaces the generated held-out split); "
+                          "formats as train_file")
+    prompt_key: str = Field("prompt", min_length=1, description="dataset column holding the prompt text")
+    answer_key: str = Field("answer", min_length=1, description="dataset column holding the gold answer")
+    messages_key: str = Field(
+        "messages", min_length=1, description="dataset column holding chat messages (a list of {role: "
+                                              "system|user|assistant, content}); used instead of the prompt column")
+    system_prompt: Optional[str] = Field(
+        None, description="system message put before every prompt's chat messages (needs a chat template)")
+    chat_template: bool = Field(
+        True, description="encode prompts with the tokenizer's chat template when it has one (false: plain text)")
     allow_unknown_chars: bool = Field(
         False, description="train although some prompt characters map to the tokenizer's unknown token (the model "
                            "cannot read them); by default such prompts are an error naming them")
@@ -91,7 +103,8 @@ class EnvSpec(_Strict):
 
 
 class RolloutConfig(_Strict):
-    engine: str = Field("hf", description="registered rollout engine that generates the training rollouts")
+    engine: str = Field("hf", description="registered rollout engine that generates the training rollouts (hf, vllm, "
+                                             "vllm_server: docs/engines.md)")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the engine")
     eval_engine: str = Field("hf", description="registered engine for held-out evaluation (single turn, no env)")
     eval_engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the eval engine")
@@ -232,6 +245,20 @@ class LogConfig(_Strict):
     samples_per_step: int = Field(4, ge=0, description="rollouts per step written to samples.jsonl, spread over the "
                                                         "batch (0: none)")
     progress: bool = Field(True, description="show the progress bar (turn off when logging to a file)")
+    trackers: list[str] = Field(
+        default_factory=list, description="experiment trackers that get every metrics.jsonl row and the samples: "
+                                          "tensorboard (RUN/tb), wandb (offline, RUN/wandb), trackio (RUN/trackio)")
+    project: str = Field("rlfold", min_length=1, description="project name the trackers file the run under")
+    run_name: Optional[str] = Field(None, min_length=1, description="run name in the trackers (None: the run "
+                                                                    "directory's name)")
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers_once(cls, trackers: list[str]) -> list[str]:
+        twice = [t for i, t in enumerate(trackers) if t in trackers[:i]]
+        if twice:
+            raise ValueError(f"tracker {twice[0]!r} is listed twice; name each tracker once, got {trackers}")
+        return trackers
 
 
 class EvalConfig(_Strict):
@@ -300,7 +327,8 @@ class RunConfig(_Strict):
           + [(("algo", "selection", i, "name"), s.name, SELECTIONS) for i, s in enumerate(self.algo.selection)] \
           + [(("shaping", i, "name"), s.name, SHAPINGS) for i, s in enumerate(self.shaping)] \
           + [(("algo", "group_filters", i, "name"), f.name, GROUP_FILTERS) for i, f in enumerate(self.algo.group_filters)] \
-          + ([(("rollout", "env", "name"), self.rollout.env.name, ENVIRONMENTS)] if self.rollout.env else [])
+          + ([(("rollout", "env", "name"), self.rollout.env.name, ENVIRONMENTS)] if self.rollout.env else []) \
+          + [(("log", "trackers", i), t, TRACKERS) for i, t in enumerate(self.log.trackers)]
         for loc, value, registry in checks:
             if value not in registry:
                 close = closest(value, registry.names())

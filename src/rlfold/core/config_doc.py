@@ -221,6 +221,42 @@ def _anchor(section: Section) -> str:
     return "".join(c for c in title.replace(" ", "-") if c.isalnum() or c in "-_")
 
 
+def render_help(section: str | None = None, width: int = 100) -> str:
+    """Every option (or those under ``section``, e.g. ``rollout`` or ``algo.selection``) as plain text for
+    ``rlfold train --help-config``: key, type, default, range, then the description, wrapped."""
+    import textwrap
+
+    from rlfold.core.errors import ConfigError
+
+    secs = sections()
+    if section:
+        key = section.strip().rstrip(".").replace("[]", "")
+        chosen = [s for s in secs if s.prefix.replace("[]", "") == key
+                  or s.prefix.replace("[]", "").startswith(key + ".")]
+        if not chosen:
+            names = [s.prefix for s in secs if s.prefix]
+            from rlfold.core.suggest import closest
+
+            near = closest(key, [n.replace("[]", "") for n in names])
+            raise ConfigError(f"--help-config {section!r}: no such section"
+                              + (f"; did you mean {near!r}?" if near else "") + f" (sections: {', '.join(names)})")
+        secs = chosen
+    lines: list[str] = []
+    for sec in secs:
+        fields = leaf_fields(sec)
+        if not fields:
+            continue
+        lines.append(f"[{sec.prefix or 'top level'}]")
+        for key, info in fields:
+            rng = range_text(info).replace("`", "")
+            head = f"  {key}: {type_name(info.annotation)} = {default_text(info).strip('`')}"
+            lines.append(head + (f"  ({rng})" if rng else ""))
+            lines += textwrap.wrap(" ".join((info.description or "").split()), width=width,
+                                   initial_indent="      ", subsequent_indent="      ")
+        lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import sys
 

@@ -32,6 +32,28 @@ def _locate_failure(name: str, fn: RewardFn, prompts, completions, finishes, exc
     return RewardError(f"reward function {name!r} raised {type(exc).__name__}: {exc} on the batch")
 
 
+# What ``score_rewards`` supplies to a function that ``@needs`` it; any other needed name is a dataset column.
+SCORING_INPUTS = ("response_lengths",)
+
+
+def needed_columns(fn: RewardFn) -> list[str]:
+    """The dataset columns a reward function declares with ``@needs`` (its needs beyond ``SCORING_INPUTS``)."""
+    return [k for k in needed_inputs(fn) if k not in SCORING_INPUTS]
+
+
+def dataset_column(name: str, key: str, prompts: Sequence[Prompt], provided: Sequence[str]) -> list[Any]:
+    """The dataset column ``key`` a reward function ``@needs``: one value per sample (``Prompt.meta[key]``,
+    None where a prompt has no such column); an error naming what exists when no prompt has it."""
+    metas = [p.meta if isinstance(p.meta, dict) else {} for p in prompts]
+    if metas and not any(key in m for m in metas):
+        columns = sorted({k for m in metas for k in m})
+        raise RewardError(
+            f"reward function {name!r} needs {key!r}, which is neither an input the trainer provides "
+            f"({', '.join(provided)}) nor a column of the dataset (its extra columns: {', '.join(columns) or 'none'}); "
+            "check task.prompt_key / task.answer_key and the column names of the data")
+    return [m.get(key) for m in metas]
+
+
 @dataclass
 class ScoreResult:
     """What scoring a batch produced.
@@ -84,7 +106,8 @@ def score_rewards(
     """Score a batch with the named reward functions (see ``ScoreResult``).
 
     A spec is ``(name, weight)`` or ``(name, weight, kwargs)``. A function that declares
-    ``@needs("response_lengths")`` also receives the token count of each completion. A function
+    ``@needs("response_lengths")`` also receives the token count of each completion; any other name it
+    ``@needs`` is a dataset column, passed as one value per sample (``dataset_column``). A function
     returns one entry per sample: a float, None (unscorable), or a list of per-token floats. If it
     raises, ``on_error="raise"`` stops with a ``RewardError`` naming the function and the failing
     sample; ``on_error="none"`` scores the failing samples None and counts them.
@@ -97,13 +120,16 @@ def score_rewards(
     per_fn: dict[str, torch.Tensor] = {}
     metrics: dict[str, float] = {}
     token_rows: dict[int, list[float]] = {}
-    available = {"response_lengths": response_lengths}
+    available = dict(zip(SCORING_INPUTS, (response_lengths,)))
     for spec in specs:
         name, weight = spec[0], spec[1]
         kwargs = dict(spec[2]) if len(spec) > 2 else {}
         fn = REWARDS.get(name)
         extra = {}
         for key in needed_inputs(fn):
+            if key not in available:
+                extra[key] = dataset_column(name, key, prompts, list(available))
+                continue
             if available.get(key) is None:
                 raise RewardError(f"reward function {name!r} needs {key!r}, which the caller did not provide")
             extra[key] = available[key]

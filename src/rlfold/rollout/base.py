@@ -62,6 +62,13 @@ class Engine(Protocol):
     def wake(self) -> None: ...
 
 
+def chat_prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """The token ids of chat ``messages`` through the tokenizer's chat template, ending in the generation
+    prompt (``return_dict=False``: transformers 5 returns a ``BatchEncoding`` by default)."""
+    return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
+
+
 def encode_request(tokenizer: Any, request: GenerationRequest, index: int = 0, engine: str = "engine") -> list[int]:
     """The prompt token ids of ``request``: its context ids as given, its chat messages through the
     tokenizer's chat template, or its prompt text (see ``GenerationRequest``)."""
@@ -71,7 +78,7 @@ def encode_request(tokenizer: Any, request: GenerationRequest, index: int = 0, e
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(f"{engine}.generate: request {index} carries chat messages but the tokenizer has no "
                             "chat template")
-        ids = list(tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True))
+        ids = chat_prompt_ids(tokenizer, request.messages)
     else:
         ids = list(tokenizer(request.prompt.text, add_special_tokens=True)["input_ids"])
     if len(ids) == 0:
@@ -85,4 +92,4 @@ def requests_for(prompts: Sequence[Prompt]) -> list[GenerationRequest]:
             for p in prompts]
 
 
-__all__ = ["Engine", "EngineContext", "GenerationRequest", "encode_request", "requests_for"]
+__all__ = ["Engine", "EngineContext", "GenerationRequest", "chat_prompt_ids", "encode_request", "requests_for"]

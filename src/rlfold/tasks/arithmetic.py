@@ -7,7 +7,9 @@ import random
 
 from rlfold.core.errors import DataError
 from rlfold.core.types import Prompt
-from rlfold.tasks.base import TASKS, Task, load_jsonl_prompts
+from rlfold.tasks.base import TASKS, Task
+from rlfold.tasks.files import DataSource, load_prompts
+from rlfold.tasks.rows import Columns
 
 # Difficulty levels: (description, operand generator, operator)
 LEVELS: dict[int, tuple[str, tuple[int, int], str]] = {
@@ -118,19 +120,24 @@ def make_split(
 
 def arith_splits(
     levels: list[int] | None, train_size: int, held_out_size: int, held_out_fraction: float, seed: int,
-    train_file: str | None, held_out_file: str | None,
-) -> tuple[list[Prompt], list[Prompt]]:
-    """Train and held-out prompts: generated (held-out independent of ``seed``) or read from JSONL files."""
+    train_file: str | None, held_out_file: str | None, columns: Columns | None = None,
+) -> tuple[list[Prompt], list[Prompt], list[DataSource]]:
+    """Train and held-out prompts: generated (held-out independent of ``seed``) or read from dataset files
+    (``tasks.files.load_prompts``, columns mapped by ``columns``), and the files read."""
     levels = levels or [2]
-    train = (
-        load_jsonl_prompts(train_file) if train_file
-        else make_split(levels, False, held_out_fraction, train_size, seed)
-    )
-    held = (
-        load_jsonl_prompts(held_out_file) if held_out_file
-        else make_split(levels, True, held_out_fraction, held_out_size, HELD_OUT_SEED)
-    )
-    return train, held
+    cols = columns or Columns()
+    sources: list[DataSource] = []
+    if train_file:
+        train, src = load_prompts(train_file, "train", cols)
+        sources.append(src)
+    else:
+        train = make_split(levels, False, held_out_fraction, train_size, seed)
+    if held_out_file:
+        held, src = load_prompts(held_out_file, "held_out", cols)
+        sources.append(src)
+    else:
+        held = make_split(levels, True, held_out_fraction, held_out_size, HELD_OUT_SEED)
+    return train, held, sources
 
 
 @TASKS.register("arith")
@@ -142,12 +149,15 @@ def arith_task(
     seed: int = 0,
     train_file: str | None = None,
     held_out_file: str | None = None,
+    columns: Columns | None = None,
 ) -> Task:
-    """Seeded arithmetic problems; ``train_file``/``held_out_file`` (JSONL) replace the generated splits.
+    """Seeded arithmetic problems; ``train_file``/``held_out_file`` (JSONL, Parquet, CSV, JSON or a
+    ``save_to_disk`` directory; ``columns`` maps their columns) replace the generated splits.
 
     ``seed`` orders the training problems; the held-out prompts are the same for every seed.
     """
-    train, held = arith_splits(levels, train_size, held_out_size, held_out_fraction, seed, train_file, held_out_file)
-    return Task(name="arith", train=train, held_out=held, rewards=["exact_match", "format"])
+    train, held, sources = arith_splits(levels, train_size, held_out_size, held_out_fraction, seed, train_file,
+                                        held_out_file, columns)
+    return Task(name="arith", train=train, held_out=held, rewards=["exact_match", "format"], sources=sources)
 
 

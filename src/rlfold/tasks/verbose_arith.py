@@ -15,6 +15,7 @@ import random
 
 from rlfold.tasks.arithmetic import arith_splits
 from rlfold.tasks.base import TASKS, Task
+from rlfold.tasks.rows import Columns
 
 # Re-check templates of the verbose base; each has a reflection keyword (wait / check / verify / hmm).
 RECHECKS = ("wait, {s}. ", "check {s}. ", "hmm, verify {s}. ")
@@ -40,7 +41,9 @@ def verbose_arith_task(
     seed: int = 0,
     train_file: str | None = None,
     held_out_file: str | None = None,
+    columns: Columns | None = None,
 ) -> Task:
     """The ``arith`` problems (same split), for the verbose base; reward ``final_answer``."""
-    train, held = arith_splits(levels, train_size, held_out_size, held_out_fraction, seed, train_file, held_out_file)
-    return Task(name="verbose_arith", train=train, held_out=held, rewards=["final_answer"])
+    train, held, sources = arith_splits(levels, train_size, held_out_size, held_out_fraction, seed, train_file,
+                                        held_out_file, columns)
+    return Task(name="verbose_arith", train=train, held_out=held, rewards=["final_answer"], sources=sources)

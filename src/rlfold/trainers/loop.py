@@ -6,21 +6,24 @@ takes); the loop owns everything around it:
 1. the run directory: an exclusive lock (``RUN_DIR/.lock``, ``fcntl.flock``) held from its first
    write to the end of the run, so a second writer is refused; refuse to overwrite one holding
    checkpoints, refuse a resume with a changed config; a fresh run truncates stale logs of a try
-   that never checkpointed; ``config.yaml`` is written once the step was built (bad input leaves
-   nothing behind); an unwritable directory is a ``RunDirError`` naming the path and the operation;
+   that never checkpointed; ``config.yaml`` and ``data_fingerprint.json`` (the sha256 of every dataset
+   file) are written once the step was built (bad input leaves nothing behind; a resume whose data
+   changed is refused); an unwritable directory is a ``RunDirError`` naming the path and the operation;
 2. state: the step's registered objects plus the loop's counters and the global RNGs, saved in every
    checkpoint beside the model and restored by ``--resume`` after the checkpoint's manifest was
    verified (a damaged latest checkpoint is an error naming the previous good one, which
    ``from_checkpoint`` selects);
 3. cadence: held-out evaluation, checkpoints, the non-finite streak that stops a run before it writes
    over a good checkpoint, and Ctrl-C: a checkpoint of the last finished step, then ``KeyboardInterrupt``;
-4. logging: ``metrics.jsonl``, ``samples.jsonl`` and the progress bar.
+4. logging: ``metrics.jsonl``, ``samples.jsonl``, the experiment trackers of ``log.trackers`` (the same
+   rows; closed on every way out) and the progress bar.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import signal
 import sys
@@ -36,19 +39,21 @@ import yaml
 from tqdm.auto import tqdm
 
 from rlfold.core.config import RunConfig
-from rlfold.core.errors import ConfigError, NumericalError, RlfoldError
+from rlfold.core.errors import ConfigError, DataError, NumericalError, RlfoldError
 from rlfold.core.registry import TRAINERS
 from rlfold.trainers import checkpoint as ckpt
 from rlfold.trainers.metrics import (METRICS_FILE, SAMPLES_FILE, JsonlLog, RunDirError, close_all, read_jsonl,
                                      truncate_after_step)
 from rlfold.trainers.state import Counters, GlobalRNG, Stateful, collect_state, restore_state
+from rlfold.trainers.trackers import Trackers, check_installed
 
 CONFIG_FILE = "config.yaml"
+DATA_FILE = "data_fingerprint.json"  # the dataset files a run read: path, format, rows, sha256
 LOCK_FILE = ".lock"
 LOG_FILES = (METRICS_FILE, SAMPLES_FILE)
 # Keys a resumed run may change without invalidating the checkpoint.
 RESUMABLE_KEYS = {"train.steps", "checkpoint.every", "checkpoint.keep", "log.progress", "log.samples_per_step",
-                  "eval.every", "run_dir", "threads"}
+                  "eval.every", "run_dir", "threads", "log.trackers", "log.project", "log.run_name"}
 
 
 @dataclass
@@ -77,6 +82,9 @@ class TrainStep(Protocol):
 
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics of the current weights."""
+
+    def data_sources(self) -> list[dict[str, Any]]:
+        """The dataset files the step reads (split, path, rows, sha256 ...), for ``data_fingerprint.json``."""
 
     def progress(self, metrics: dict[str, float]) -> dict[str, str]:
         """A few numbers for the progress bar."""
@@ -256,6 +264,27 @@ def write_config(cfg: RunConfig, run_dir: Path) -> None:
         ckpt.atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     except OSError as exc:
         raise RunDirError(f"cannot write {run_dir / CONFIG_FILE}: {_reason(exc)}") from exc
+
+
+def write_data_fingerprint(run_dir: Path, sources: list[dict[str, Any]], resume: bool) -> None:
+    """Write ``DATA_FILE`` (every dataset file's path, rows and sha256); a resume whose files changed since
+    the run started is refused, naming the file."""
+    path = run_dir / DATA_FILE
+    if resume and path.is_file():
+        try:
+            saved = {(s["split"], s["path"]): s for s in json.loads(path.read_text(encoding="utf-8"))["files"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"--resume {run_dir}: cannot read {path}: {exc}") from None
+        for src in sources:
+            old = saved.get((src["split"], src["path"]))
+            if old is not None and old.get("sha256") != src["sha256"]:
+                raise DataError(f"--resume {run_dir}: dataset file {src['path']} changed since the run started "
+                                f"(sha256 {old.get('sha256', '?')[:12]}... -> {src['sha256'][:12]}..., rows "
+                                f"{old.get('rows')} -> {src['rows']}); resume with the data the run was started on")
+    try:
+        ckpt.atomic_write_text(path, json.dumps({"files": sources}, indent=2) + "\n")
+    except OSError as exc:
+        raise RunDirError(f"cannot write {path}: {_reason(exc)}") from exc
 
 
 def start_clean(run_dir: Path) -> None:
@@ -505,8 +534,10 @@ class RunLoop:
         cfg, trainer = self.cfg, self.trainer
         logs: list[JsonlLog] = []
         bar = None
+        trackers: Trackers | None = None
         primary: BaseException | None = None
         try:
+            trackers = Trackers.open(cfg, self.run_dir, start_step=self.step + 1 if self.step else 0)
             if self.counters["init_eval"] is None:
                 self.counters["init_eval"] = trainer.begin()
             metrics_log = JsonlLog(self.run_dir / METRICS_FILE)
@@ -515,11 +546,12 @@ class RunLoop:
             logs.append(samples_log)
             if self.step == 0:
                 metrics_log.write({"step": 0, **self.counters["init_eval"]})
+                trackers.log({"step": 0, **self.counters["init_eval"]})
             bar = tqdm(total=cfg.train.steps, initial=self.step, desc=cfg.name, disable=not cfg.log.progress,
                        dynamic_ncols=True)
             with _Interrupts() as intr:
                 while self.step < cfg.train.steps:
-                    self._one_step(intr, metrics_log, samples_log, bar)
+                    self._one_step(intr, metrics_log, samples_log, trackers, bar)
                 # A skipped (non-finite) step leaves the parameters untouched, so they are safe to save here.
                 self._save_once()
                 try:
@@ -533,10 +565,15 @@ class RunLoop:
         finally:
             if bar is not None:
                 bar.close()
-            close_all(logs, primary)
+            try:
+                if trackers is not None:
+                    trackers.close(primary)  # W&B's offline file is complete only once its run is finished
+            finally:
+                close_all(logs, primary)
         return read_jsonl(self.run_dir / METRICS_FILE)
 
-    def _one_step(self, intr: _Interrupts, metrics_log: JsonlLog, samples_log: JsonlLog, bar: Any) -> None:
+    def _one_step(self, intr: _Interrupts, metrics_log: JsonlLog, samples_log: JsonlLog, trackers: Trackers,
+                  bar: Any) -> None:
         cfg, trainer = self.cfg, self.trainer
         intr.step = self.step
         try:
@@ -563,6 +600,8 @@ class RunLoop:
         metrics_log.write(res.metrics)
         for s in res.samples:
             samples_log.write({"step": self.step, **s})
+        trackers.log(res.metrics)
+        trackers.log_samples(self.step, res.samples)
         bar.update(1)
         bar.set_postfix(trainer.progress(res.metrics))
         if self.nonfinite_streak >= cfg.train.max_nonfinite_steps:
@@ -608,6 +647,7 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, from_checkpoi
     run_dir = Path(run_dir)
     if from_checkpoint is not None and not resume:
         raise ConfigError(f"--from-checkpoint {from_checkpoint} needs --resume RUN_DIR")
+    check_installed(cfg.log.trackers)  # a tracker's missing package, before anything is built or written
     lock = RunLock.acquire(run_dir) if run_dir.is_dir() else None
     try:
         check_run_dir(cfg, run_dir, resume)
@@ -616,6 +656,7 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, from_checkpoi
             make_run_dir(run_dir)
             lock = RunLock.acquire(run_dir)
             check_run_dir(cfg, run_dir, resume)  # under the lock now: nothing appeared meanwhile
+        write_data_fingerprint(run_dir, trainer.data_sources(), resume)
         loop = RunLoop(cfg, run_dir, trainer, lock)
         if resume:
             loop.restore(from_checkpoint)
@@ -633,5 +674,6 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, from_checkpoi
     return Run(cfg, run_dir, trainer, loop)
 
 
-__all__ = ["CONFIG_FILE", "LOCK_FILE", "RESUMABLE_KEYS", "Run", "RunDirError", "RunLock", "RunLoop", "StepResult",
-           "TrainStep", "build_run", "check_run_dir", "make_run_dir", "start_clean", "write_config"]
+__all__ = ["CONFIG_FILE", "DATA_FILE", "LOCK_FILE", "RESUMABLE_KEYS", "Run", "RunDirError", "RunLock", "RunLoop",
+           "StepResult", "TrainStep", "build_run", "check_run_dir", "make_run_dir", "start_clean", "write_config",
+           "write_data_fingerprint"]

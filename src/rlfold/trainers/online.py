@@ -37,6 +37,8 @@ from rlfold.models import disable_dropout, load_model_and_tokenizer
 from rlfold.models.logprobs import batched_logprobs
 from rlfold.rollout import EngineContext, SamplingParams, build_engines
 from rlfold.tasks import Task
+from rlfold.tasks.chat import for_tokenizer
+from rlfold.tasks.rows import Columns
 from rlfold.trainers.collect import RolloutCollector, Sampled
 from rlfold.trainers.critic import Critic, ValueTerm, value_metrics
 from rlfold.trainers.evaluate import evaluate
@@ -52,9 +54,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def build_task(t: TaskConfig, seed: int) -> Task:
+    """The configured task, its dataset files read with the configured column mapping."""
     return TASKS.get(t.name)(
         levels=t.levels, train_size=t.train_size, held_out_size=t.held_out_size, held_out_fraction=t.held_out_fraction,
         seed=seed, train_file=t.train_file, held_out_file=t.held_out_file,
+        columns=Columns(prompt=t.prompt_key, answer=t.answer_key, messages=t.messages_key),
     )
 
 
@@ -116,6 +120,8 @@ class OnlineStep:
         dtype = DTYPES[cfg.model.dtype]
         self.model, self.tokenizer = load_model_and_tokenizer(cfg.model.path, dtype)
         # The data against the model, before the reference model, critic and engines are built.
+        self.task = for_tokenizer(self.task, self.tokenizer, cfg.task.system_prompt, cfg.task.chat_template,
+                                  cfg.model.path)
         check_stop_tokens(cfg, self.tokenizer)
         check_prompts(cfg, self.model, self.tokenizer, self.task.train, self.task.held_out[: cfg.eval.size])
         if cfg.model.disable_dropout:
@@ -165,6 +171,10 @@ class OnlineStep:
         if self.critic is not None:
             objects["critic"] = self.critic
         return objects
+
+    def data_sources(self) -> list[dict[str, Any]]:
+        """The dataset files of the task (split, path, rows, sha256 ...), for the run directory."""
+        return [s.as_dict() for s in self.task.sources]
 
     def begin(self) -> dict[str, float]:
         metrics = self.evaluate()

@@ -14,6 +14,9 @@ import torch
 from rlfold.core.config import RunConfig
 from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.types import Prompt
+from rlfold.core.registry import REWARDS
+from rlfold.rewards.base import needed_columns
+from rlfold.rollout.base import chat_prompt_ids
 
 # How many offending prompts or characters an error lists.
 _SHOWN = 5
@@ -61,8 +64,7 @@ def prompt_ids(tokenizer: Any, prompts: Sequence[Prompt]) -> list[list[int]]:
             out[i] = list(ids)
     for i, p in enumerate(prompts):
         if out[i] is None:
-            out[i] = list(tokenizer.apply_chat_template(p.meta["messages"], add_generation_prompt=True,
-                                                        tokenize=True))
+            out[i] = chat_prompt_ids(tokenizer, p.meta["messages"])
     return out  # type: ignore[return-value]
 
 
@@ -84,6 +86,21 @@ def check_prompts(cfg: RunConfig, model: Any, tokenizer: Any, train: Sequence[Pr
               ("held-out", held_out, prompt_ids(tokenizer, held_out) if held_out else [])]
     check_known_characters(cfg, tokenizer, splits)
     check_context(cfg, model, splits)
+    check_reward_columns(cfg, train)
+
+
+def check_reward_columns(cfg: RunConfig, train: Sequence[Prompt]) -> None:
+    """Every dataset column a configured reward function ``@needs`` must be a column of the training data."""
+    have = sorted({k for p in train if isinstance(p.meta, dict) for k in p.meta})
+    names = dict.fromkeys([r.name for r in cfg.rewards] + [cfg.accuracy_reward])
+    for name in names:
+        missing = [c for c in needed_columns(REWARDS.get(name)) if c not in have]
+        if missing:
+            source = cfg.task.train_file or "the generated training prompts"
+            raise DataError(
+                f"reward function {name!r} needs the dataset column(s) {', '.join(map(repr, missing))}, which "
+                f"{source} lacks (its extra columns: {', '.join(have) or 'none'}); check the column names of the "
+                "data and task.prompt_key / task.answer_key / task.messages_key")
 
 
 def check_context(cfg: RunConfig, model: Any,
@@ -183,5 +200,5 @@ def _clip(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-__all__ = ["check_context", "check_dtype", "check_known_characters", "check_prompts", "check_stop_tokens",
-           "position_limit", "prompt_ids", "response_budget", "unknown_characters"]
+__all__ = ["check_context", "check_dtype", "check_known_characters", "check_prompts", "check_reward_columns",
+           "check_stop_tokens", "position_limit", "prompt_ids", "response_budget", "unknown_characters"]
