@@ -140,7 +140,7 @@ def test_compare_draws_seeds_as_mean_and_std(runs, tmp_path):
 def test_compare_html_page(runs, tmp_path, capsys):
     out = tmp_path / "cmp.html"
     argv = ["compare", str(runs["grpo0"]), str(runs["grpo1"]), str(runs["dr"]),
-            "--metric", "val/arith/acc", "actor/entropy", "--out", str(out)]
+            "--metric", "val/arith/acc", "--metric", "actor/entropy", "--out", str(out)]
     assert main(argv) == 0
     page = out.read_text()
     assert len(PNG_URI.findall(page)) == 1 and not re.search(r"https?://", page)

@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="plot metrics of several runs in one figure (seeds of a recipe: mean ± std)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run directories; runs with the same recipe name (seeds) are drawn as mean ± std")
-    p.add_argument("--metric", action="extend", nargs="+", default=None, metavar="NAME",
-                   help="metrics to plot (repeatable; default: held-out accuracy, reward/mean, acc/mean, "
+    p.add_argument("--metric", action="append", default=None, metavar="NAME",
+                   help="a metric to plot; repeat for several (default: held-out accuracy, reward/mean, acc/mean, "
                         "response_length/mean)")
     p.add_argument("--out", default=None, help="compare.png by default; a .html name writes a page with the figure")
     p.set_defaults(func=cmd_compare)

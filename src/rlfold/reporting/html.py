@@ -22,10 +22,10 @@ h3 { font-size: 15px; margin: 20px 0 8px; color: var(--muted); font-weight: 600;
 .sub { color: var(--muted); font-size: 13.5px; }
 code, pre, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace;
                    font-size: 13px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 12px; margin-top: 20px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 12px; margin-top: 20px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; background: var(--soft); }
 .card .k { color: var(--muted); font-size: 12.5px; }
-.card .v { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; margin-top: 2px; }
+.card .v { font-size: 22px; font-weight: 600; white-space: nowrap; font-variant-numeric: tabular-nums; margin-top: 2px; }
 .card .d { font-size: 13px; font-variant-numeric: tabular-nums; }
 .up { color: var(--good); } .down { color: var(--bad); } .flat { color: var(--muted); }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 14px; }
