@@ -151,7 +151,7 @@ KL_REWARD = ["algo.kl_coef=0.1", "algo.kl_in=reward", "algo.kl_estimator=k1"]
 
 def test_kl_in_reward_penalises_the_rewards_not_the_loss(tmp_path):
     trainer = _trainer(tmp_path, KL_REWARD)
-    assert trainer.ref_model is not None
+    assert trainer.reference is not None
     assert not any(isinstance(t, KLTerm) for t in trainer.terms())
     # A constant per-token "KL" of 1 makes the penalty on each row exactly 0.1 x its length.
     trainer.kl_estimator = lambda logp, ref: torch.ones_like(logp)
@@ -201,7 +201,7 @@ def test_kl_in_loss_adds_the_kl_term(tmp_path):
 
 def test_kl_coef_zero_has_no_reference_and_no_kl_metrics(tmp_path):
     trainer = _trainer(tmp_path, ["algo.kl_in=reward"])
-    assert trainer.ref_model is None
+    assert trainer.reference is None
     m = trainer.step(0).metrics
     assert not any(k in m for k in ("actor/kl", "actor/kl_coef", "actor/reward_kl"))
 

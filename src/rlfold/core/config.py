@@ -28,12 +28,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+class LoraConfig(_Strict):
+    """LoRA adapters on the policy (Hu et al. 2021, arXiv 2106.09685), through peft (``rlfold[lora]``)."""
+
+    r: int = Field(16, ge=1, le=4096, description="rank of each adapter (the inner dimension of B A)")
+    alpha: float = Field(32.0, gt=0, description="scaling numerator: the update is (alpha / r) B A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input (0 keeps training and rollout "
+                                                        "forwards equal)")
+    target_modules: Optional[list[str]] = Field(
+        None, min_length=1, description="names of the linear modules that get adapters (None: the attention and MLP "
+                                        "projections q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj "
+                                        "that the model has)")
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="biases trained with the adapters: none, all, or those of the adapted modules")
+
+
 class ModelConfig(_Strict):
     path: str = Field("tiny-arith", min_length=1, description="HF causal-LM directory, or the name of a shipped model")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype the policy, reference model and critic are loaded in (bfloat16/float16 halve "
                                "memory on accelerators that support them; float32 on CPU)")
     disable_dropout: bool = Field(True, description="zero dropout in the policy so training and rollout forwards agree")
+    lora: Optional[LoraConfig] = Field(
+        None, description="train LoRA adapters instead of every weight (None: full fine-tuning); the KL reference is "
+                          "then the same module with its adapters disabled")
 
 
 class TaskConfig(_Strict):

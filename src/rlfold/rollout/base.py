@@ -20,6 +20,7 @@ import torch
 
 from rlfold.core.errors import DataError
 from rlfold.core.types import Prompt, RolloutBatch
+from rlfold.models.policy import PlainWeights, PolicyWeights
 from rlfold.rollout.sampling import SamplingParams
 
 
@@ -44,6 +45,11 @@ class EngineContext:
     tokenizer: Any
     model_path: str
     dtype: torch.dtype
+    weights: PolicyWeights | None = None  # the plain named weights (a LoRA policy: merged); None: the module's own
+
+    def policy_weights(self) -> PolicyWeights:
+        """What an engine with weights of its own copies and receives (base-model parameter names)."""
+        return self.weights if self.weights is not None else PlainWeights(self.model)
 
 
 @runtime_checkable

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 from typing import Iterable, Literal, Sequence
@@ -65,7 +64,7 @@ class HFEngine:
         self.shares_weights = weights == "shared"
         model = ctx.model
         if not self.shares_weights:
-            model = copy.deepcopy(model).eval().requires_grad_(False)
+            model = ctx.policy_weights().plain_copy().eval().requires_grad_(False)
         self.model = model
         tokenizer = ctx.tokenizer
         self.tokenizer = tokenizer

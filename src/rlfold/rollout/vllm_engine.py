@@ -111,7 +111,7 @@ class VLLMEngine:
             kwargs["enable_sleep_mode"] = True
         kwargs.update(llm_kwargs or {})
         self._llm_kwargs = kwargs
-        self.weights = WeightSync(specs_of(ctx.model.named_parameters(), ctx.dtype),
+        self.weights = WeightSync(specs_of(ctx.policy_weights().named_weights(), ctx.dtype),
                                   chunk_bytes=int(chunk_mb * (1 << 20)), engine="vllm engine")
         self._tmp = None
         if self.sync_mode == "rebuild":

@@ -150,7 +150,7 @@ class VLLMServerEngine:
         self._tmp = tempfile.mkdtemp(prefix="rlfold-vllm-server-")
         weakref.finalize(self, shutil.rmtree, self._tmp, True)
         self.weights_dir = weights_dir or os.path.join(self._tmp, "weights")
-        self.weights = WeightSync(specs_of(ctx.model.named_parameters(), ctx.dtype),
+        self.weights = WeightSync(specs_of(ctx.policy_weights().named_weights(), ctx.dtype),
                                   chunk_bytes=int(chunk_mb * (1 << 20)), engine="vllm_server engine")
         self._writer = CheckpointWriter(self.model_path, self.weights_dir)
         self.server: _Server | None = None

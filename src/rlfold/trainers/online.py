@@ -35,6 +35,7 @@ from rlfold.core.registry import SAMPLERS, TASKS, TRAINERS, needed_inputs
 from rlfold.core.seeding import derive_seed, generator_for
 from rlfold.models import disable_dropout, load_model_and_tokenizer
 from rlfold.models.logprobs import batched_logprobs
+from rlfold.models.policy import build_policy
 from rlfold.rollout import EngineContext, SamplingParams, build_engines
 from rlfold.tasks import Task
 from rlfold.tasks.chat import for_tokenizer
@@ -45,6 +46,7 @@ from rlfold.trainers.evaluate import evaluate
 from rlfold.trainers.inputs import StepContext, provide
 from rlfold.trainers.loop import StepResult
 from rlfold.trainers.preflight import check_dtype, check_prompts, check_stop_tokens
+from rlfold.trainers.reference import build_reference
 from rlfold.trainers.schedule import make_scheduler
 from rlfold.trainers.scoring import Scorer, reward_problem
 from rlfold.trainers.sft import SFTTerm
@@ -126,10 +128,9 @@ class OnlineStep:
         check_prompts(cfg, self.model, self.tokenizer, self.task.train, self.task.held_out[: cfg.eval.size])
         if cfg.model.disable_dropout:
             disable_dropout(self.model)
-        self.ref_model = None
-        if a.kl_coef > 0:
-            self.ref_model, _ = load_model_and_tokenizer(cfg.model.path, dtype)
-            self.ref_model.eval().requires_grad_(False)
+        self.policy = build_policy(self.model, cfg.model.lora)  # full fine-tuning, or LoRA adapters
+        self.module, self.model = self.policy.module, self.policy.saved  # what computes; what checkpoints save
+        self.reference = build_reference(self.policy, cfg.model.path, dtype) if a.kl_coef > 0 else None
         self.adv_fn = ADVANTAGES.get(a.advantage)
         self.policy_term = PolicyTerm(POLICY_LOSSES.get(a.policy_loss), a.policy_loss_options())
         self.aggregation = AGGREGATIONS.get(a.loss_agg)
@@ -137,10 +138,11 @@ class OnlineStep:
         self.kl_estimator = KL_ESTIMATORS.get(a.kl_estimator)
         self.kl = KLController(a)
         self.selections = [(SELECTIONS.get(sp.name), sp.kwargs) for sp in a.selection]
-        self.critic = (Critic(cfg.critic, cfg.train, cfg.model, self.model, dtype)
+        self.critic = (Critic(cfg.critic, cfg.train, cfg.model, self.module, dtype)
                        if "values" in needed_inputs(self.adv_fn) else None)
-        self.sft = SFTTerm(self.model, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
-        ctx = EngineContext(model=self.model, tokenizer=self.tokenizer, model_path=cfg.model.path, dtype=dtype)
+        self.sft = SFTTerm(self.module, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
+        ctx = EngineContext(model=self.module, tokenizer=self.tokenizer, model_path=cfg.model.path, dtype=dtype,
+                            weights=self.policy.weights)
         self.engine, self.eval_engine = build_engines(cfg.rollout, ctx)
         self.recompute = (cfg.rollout.recompute_logprobs if cfg.rollout.recompute_logprobs is not None
                           else not self.engine.shares_weights)
@@ -154,7 +156,7 @@ class OnlineStep:
             seed=cfg.seed, group_filters=[(f.name, f.kwargs) for f in a.group_filters],
             max_gen_batches=a.max_gen_batches)
         tc = cfg.train
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = [p for p in self.module.parameters() if p.requires_grad]
         if self.critic is not None:
             self.trainable += self.critic.head_parameters()
         self.optimizer = torch.optim.AdamW(self.trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
@@ -167,7 +169,7 @@ class OnlineStep:
     # ----- what the loop needs --------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         objects: dict[str, Any] = {"optimizer": self.optimizer, "scheduler": self.scheduler, "sampler": self.sampler,
-                                   "scorer": self.collector.scorer, "kl": self.kl}
+                                   "scorer": self.collector.scorer, "kl": self.kl, **self.policy.state}
         if self.critic is not None:
             objects["critic"] = self.critic
         return objects
@@ -306,15 +308,14 @@ class OnlineStep:
                               "this sampling (temperature != 1, top_p or top_k), so old log-probs must come from "
                               "the trainer: set rollout.recompute_logprobs=true (or leave it unset)")
         if self.recompute:
-            old = batched_logprobs(self.model, roll.prompt_ids, roll.prompt_mask, roll.response_ids,
+            old = batched_logprobs(self.module, roll.prompt_ids, roll.prompt_mask, roll.response_ids,
                                    roll.response_mask, roll.response_attention_mask, batch_size=mb)
         t_old = time.perf_counter() - t0
         metrics = engine_mismatch(old, roll.sample_logprobs, roll.response_mask) if self.recompute else {}
         t0 = time.perf_counter()
         ref = None
-        if self.ref_model is not None:
-            ref = batched_logprobs(self.ref_model, roll.prompt_ids, roll.prompt_mask, roll.response_ids,
-                                   roll.response_mask, roll.response_attention_mask)
+        if self.reference is not None:
+            ref = self.reference.logprobs(roll)
         return LogProbs(old, ref, t_old, time.perf_counter() - t0, metrics)
 
     def kl_stage(self, s: Sampled, lp: LogProbs) -> tuple[Tensor, Tensor, Tensor | None, dict[str, float]]:
@@ -390,7 +391,7 @@ class OnlineStep:
         """Stage 7. The loss terms over epochs x mini-batches x micro-batches."""
         tc = self.cfg.train
         return policy_update(
-            self.model, self.optimizer, self.scheduler, prep, terms=self.terms(), aggregation=self.aggregation,
+            self.module, self.optimizer, self.scheduler, prep, terms=self.terms(), aggregation=self.aggregation,
             ppo_epochs=tc.ppo_epochs, mini_batch_size=tc.mini_batch_size, micro_batch_size=tc.micro_batch_size,
             grad_clip=tc.grad_clip, max_len=self.max_len,
             minibatch_terms=(self.sft,) if self.sft is not None else (), params=self.trainable,
@@ -399,7 +400,7 @@ class OnlineStep:
     def terms(self) -> list:
         a = self.cfg.algo
         terms: list = [self.policy_term]
-        if self.ref_model is not None and a.kl_in == "loss":
+        if self.reference is not None and a.kl_in == "loss":
             terms.append(KLTerm(self.kl_estimator, self.kl.coef))
         if a.entropy_coef:
             terms.append(EntropyTerm(a.entropy_coef))
@@ -413,7 +414,7 @@ class OnlineStep:
         for engine in engines:
             if not engine.shares_weights:
                 engine.wake()
-                engine.update_weights(self.model.named_parameters(), streamed=True)
+                engine.update_weights(self.policy.weights.named_weights(), streamed=True)
 
     def samples(self, s: Sampled, rewards: Tensor, adv: Tensor) -> list[dict[str, Any]]:
         roll, mask, k = s.roll, s.roll.response_mask, self.cfg.log.samples_per_step
