@@ -7,7 +7,7 @@ import rlfold
 
 SRC = Path(rlfold.__file__).resolve().parent
 # DESIGN.md's stack, bottom to top; `models` (HF loading) sits beside tasks, `plot` under the CLI.
-LAYER = {"core": 0, "sandbox": 0, "algos": 1, "rewards": 2, "tasks": 3, "models": 3, "envs": 3, "rollout": 4,
+LAYER = {"core": 0, "sandbox": 0, "cluster": 0, "algos": 1, "rewards": 2, "tasks": 3, "models": 3, "envs": 3, "rollout": 4,
          "recipes": 5, "trainers": 6, "plot": 7, "reporting": 7, "cli": 8}
 
 

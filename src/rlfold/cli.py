@@ -79,7 +79,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from_checkpoint = getattr(args, "from_checkpoint", None)
     if from_checkpoint is not None and not args.resume:
         raise RlfoldError(f"--from-checkpoint {from_checkpoint} needs --resume RUN_DIR")
-    run_dir = _run_dir(cfg, args.resume)
+    from rlfold.trainers import distributed
+
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and not distributed.launched():
+        return _relaunch(args, cfg, nproc)
+    par = distributed.setup(cfg.train.strategy)
+    run_dir = par.broadcast(_run_dir(cfg, args.resume))  # every rank: the run directory of rank 0
     if args.resume and not run_dir.is_dir():
         raise RlfoldError(f"--resume {run_dir}: no such run directory")
     from rlfold.plot import plot_run
@@ -91,6 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         rows = run.fit()
     except (RlfoldError, KeyboardInterrupt) as exc:
         raise type(exc)(f"{exc}{_resume_hint(run_dir)}") from exc
+    finally:
+        distributed.shutdown()
+    if not par.is_main:
+        return 0
     print_summary(rows, f"{cfg.name}: {run_dir}")
     png = plot_run(run_dir)
     key = f"val/{cfg.task.name}/acc"
@@ -99,6 +109,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"held-out greedy accuracy: {first.get(key, float('nan')):.1%} -> {last.get(key, float('nan')):.1%}")
     print(f"run directory: {run_dir}\nfinal model:   {run_dir / 'final'}\nplot:          {png}")
     return 0
+
+
+def _relaunch(args: argparse.Namespace, cfg, nproc: int) -> int:
+    """``rlfold train ... --nproc N``: the same command as N torchrun ranks on loopback."""
+    from rlfold.trainers import distributed
+
+    if nproc < 1:
+        raise RlfoldError(f"--nproc {nproc}: needs 1 or more processes")
+    if cfg.train.strategy == "single":
+        raise RlfoldError(f"--nproc {nproc} needs train.strategy=ddp or train.strategy=fsdp2 (the recipe has "
+                          "train.strategy=single)")
+    argv = ["train", str(args.config), *args.overrides]
+    if not args.resume and not cfg.run_dir:  # one run directory for every rank, chosen here
+        argv.append(f"run_dir={_run_dir(cfg, None)}")
+    if args.resume:
+        argv += ["--resume", str(args.resume)]
+    if getattr(args, "from_checkpoint", None) is not None:
+        argv += ["--from-checkpoint", str(args.from_checkpoint)]
+    return distributed.relaunch(nproc, argv)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -267,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-checkpoint", metavar="STEP_DIR", default=None,
                    help="with --resume: continue from this checkpoint (e.g. step_0000025, or 25) instead of the "
                         "latest; later checkpoints are moved aside, not deleted")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="run N data-parallel ranks on this machine (torchrun on loopback; needs "
+                        "train.strategy=ddp or fsdp2)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="greedy accuracy and pass@k on held-out prompts")

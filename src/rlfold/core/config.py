@@ -10,8 +10,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from rlfold.core.registry import (
-    ADVANTAGES, AGGREGATIONS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SAMPLERS,
-    SELECTIONS, SHAPINGS, TASKS, TRACKERS, TRAINERS, needed_inputs,
+    ADVANTAGES, AGGREGATIONS, COLLECTORS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES,
+    REWARDS, SAMPLERS, SELECTIONS, SHAPINGS, TASKS, TRACKERS, TRAINERS, needed_inputs,
 )
 from rlfold.core.options import is_group_relative, literal_choices
 from rlfold.core.suggest import closest
@@ -48,6 +48,10 @@ class ModelConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype the policy, reference model and critic are loaded in (bfloat16/float16 halve "
                                "memory on accelerators that support them; float32 on CPU)")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="where the policy (and the reference, critic and hf engines built from it) lives: auto (cuda if "
+                    "available, else cpu), cpu, cuda or cuda:N")
     disable_dropout: bool = Field(True, description="zero dropout in the policy so training and rollout forwards agree")
     lora: Optional[LoraConfig] = Field(
         None, description="train LoRA adapters instead of every weight (None: full fine-tuning); the KL reference is "
@@ -135,7 +139,15 @@ class RolloutConfig(_Strict):
                              "or each turn")
     recompute_logprobs: Optional[bool] = Field(
         None, description="recompute old log-probs with the trainer before the update (None: exactly when the "
-                          "engine does not share the trainer's weights)")
+                          "engine does not share the trainer's weights or train.mixed_precision is bf16)")
+    async_mode: str = Field(
+        "sync", description="registered rollout collector: sync (on-policy), one_step (the rollouts of step k "
+                            "generated with step k-1's weights while it updates) or bounded (up to max_staleness "
+                            "versions old); the asynchronous ones need an engine with weights of its own "
+                            "(docs/engines.md)")
+    max_staleness: int = Field(
+        1, ge=1, description="async_mode bounded: the most policy versions a trained row may lag the trainer "
+                             "(one_step: 1)")
     n: int = Field(8, ge=1, description="samples per prompt (G)")
     temperature: float = Field(1.0, ge=0, description="sampling temperature of the training rollouts (1: the "
                                                        "policy's own distribution; 0: greedy, no spread in a group)")
@@ -227,6 +239,17 @@ class TrainConfig(_Strict):
                                                   "(1: on-policy; more reuse the rollouts under the clipped ratio)")
     mini_batch_size: int = Field(0, ge=0, description="sequences per optimiser step (0: the whole batch)")
     micro_batch_size: int = Field(0, ge=0, description="sequences per forward/backward (0: the mini-batch)")
+    micro_batch_tokens: int = Field(
+        0, ge=0, description="length-bucketed micro-batches: rows sorted by length, each micro-batch at most this many "
+                             "padded tokens (rows x longest row; a longer row goes alone); 0: fixed micro_batch_size")
+    mixed_precision: Literal["none", "bf16"] = Field(
+        "none", description="bf16: forward/backward under bf16 autocast with float32 parameters and optimiser "
+                            "(needs model.dtype=float32); none: compute in model.dtype")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute decoder activations in the backward pass (less memory, about 1/3 more compute)")
+    peak_tflops: Optional[float] = Field(
+        None, gt=0, description="peak TFLOP/s of the device for perf/mfu (None: looked up for known GPUs; on CPU "
+                                "perf/mfu is logged only when this is set)")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy (and of a shared critic's head)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the policy and critic optimisers")
     betas: tuple[float, float] = Field(
@@ -240,6 +263,9 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm per optimiser step (policy and "
                                                      "separate critic)")
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many non-finite steps in a row")
+    strategy: Literal["single", "ddp", "fsdp2"] = Field(
+        "single", description="how the update uses several processes: single (one process), ddp or fsdp2 "
+                              "(under torchrun or rlfold train --nproc N; every rank runs the driver)")
     sampler: SamplerSpec = Field(
         default_factory=SamplerSpec, description="how training prompts are drawn (uniform epochs by default)")
 
@@ -287,6 +313,45 @@ class EvalConfig(_Strict):
         None, ge=1, description="response length limit of evaluation (None: rollout.max_new_tokens)")
 
 
+class RayConfig(_Strict):
+    """Ray: rollout and reward workers as actors (the trainer stays in the driver process)."""
+
+    address: Optional[str] = Field(None, min_length=1, description="cluster to join with ray.init(address=...) "
+                                   "('auto' or host:port); None: start a local cluster on loopback, stopped at the end")
+    num_rollout_workers: int = Field(1, ge=0, description="rollout actors the training engine is split over (0: the "
+                                                          "engine stays in the driver process)")
+    num_reward_workers: int = Field(0, ge=0, description="reward actors the reward functions score in (0: in the "
+                                                         "driver process)")
+    cpus_per_rollout_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each rollout actor")
+    gpus_per_rollout_worker: float = Field(0.0, ge=0, description="GPUs Ray reserves for each rollout actor (> 0: "
+                                                                  "its model copy lives on cuda)")
+    cpus_per_reward_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each reward actor")
+    threads_per_worker: int = Field(0, ge=0, description="torch CPU threads in each actor (0: the driver's count)")
+    placement: Optional[Literal["pack", "strict_pack", "spread", "strict_spread"]] = Field(
+        None, description="placement-group strategy for each role's actors, one bundle per actor (pack / "
+                          "strict_pack colocate GPU workers on one node); None: no placement group")
+    num_cpus: int = Field(2, ge=1, description="CPUs of a local cluster rlfold starts (address None)")
+    num_gpus: int = Field(0, ge=0, description="GPUs of a local cluster rlfold starts (address None)")
+    object_store_mb: int = Field(200, ge=80, description="object-store memory of a local cluster rlfold starts, MiB")
+    log_to_driver: bool = Field(False, description="print the actors' stdout/stderr in the driver")
+
+    @model_validator(mode="after")
+    def _fits_local_cluster(self) -> "RayConfig":
+        """A local cluster too small for the workers would make them wait forever: refuse it up front."""
+        if self.address is not None:
+            return self
+        cpus = (self.num_rollout_workers * self.cpus_per_rollout_worker
+                + self.num_reward_workers * self.cpus_per_reward_worker)
+        gpus = self.num_rollout_workers * self.gpus_per_rollout_worker
+        for kind, need, have in (("cpus", cpus, self.num_cpus), ("gpus", gpus, self.num_gpus)):
+            if need > have + 1e-9:
+                raise LocatedValueError(("ray", f"num_{kind}"), (
+                    f"the workers need {need:g} {kind.upper()[:-1]}s (workers x {kind}_per_*_worker) but the local "
+                    f"cluster has ray.num_{kind}={have}; raise ray.num_{kind}, lower the per-worker {kind} or the "
+                    "worker counts"))
+        return self
+
+
 class RunConfig(_Strict):
     """A full run: model, task, rewards, rollout, algorithm parts, optimisation, logging."""
 
@@ -327,6 +392,8 @@ class RunConfig(_Strict):
     log: LogConfig = Field(default_factory=LogConfig, description="what is logged besides metrics.jsonl")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation: cadence, size, pass@k, "
                                                                      "length limit")
+    ray: Optional[RayConfig] = Field(None, description="run rollout and reward workers as Ray actors (None: "
+                                                       "everything in this process)")
 
     @model_validator(mode="after")
     def _check_parts(self) -> "RunConfig":
@@ -335,6 +402,7 @@ class RunConfig(_Strict):
             (("trainer",), self.trainer, TRAINERS),
             (("rollout", "engine"), self.rollout.engine, ENGINES),
             (("rollout", "eval_engine"), self.rollout.eval_engine, ENGINES),
+            (("rollout", "async_mode"), self.rollout.async_mode, COLLECTORS),
             (("train", "sampler", "name"), self.train.sampler.name, SAMPLERS),
             (("algo", "advantage"), self.algo.advantage, ADVANTAGES),
             (("algo", "policy_loss"), self.algo.policy_loss, POLICY_LOSSES),

@@ -128,3 +128,4 @@ SAMPLERS: Registry = Registry("prompt sampler")
 ENVIRONMENTS: Registry = Registry("environment")
 TRAINERS: Registry = Registry("trainer")
 TRACKERS: Registry = Registry("experiment tracker")
+COLLECTORS: Registry = Registry("rollout collector")  # rollout.async_mode: sync, one_step, bounded

@@ -76,9 +76,10 @@ def _tokenizer_class(directory: Path) -> type:
 
 
 def load_model_and_tokenizer(
-    path: str, dtype: torch.dtype = torch.float32
+    path: str, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load with ``AutoModelForCausalLM`` / ``AutoTokenizer`` (local files only: no hub access)."""
+    """Load with ``AutoModelForCausalLM`` / ``AutoTokenizer`` (local files only: no hub access), the model
+    moved to ``device`` (None: where it loaded, the CPU)."""
     resolved = resolve_model_path(path)
     hf_logging.disable_progress_bar()
     try:
@@ -112,7 +113,7 @@ def load_model_and_tokenizer(
             raise ModelLoadError(f"tokenizer in {resolved} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return model, tokenizer
+    return (model if device is None else model.to(device)), tokenizer
 
 
 def disable_dropout(model: torch.nn.Module) -> int:

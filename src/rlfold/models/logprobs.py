@@ -54,7 +54,8 @@ def sequence_logprobs(
 def batched_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                      response_ids: torch.Tensor, response_mask: torch.Tensor,
                      response_attention_mask: torch.Tensor | None = None, batch_size: int = 0) -> torch.Tensor:
-    """``sequence_logprobs`` without gradient, ``batch_size`` rows per forward (0: all at once), in eval mode."""
+    """``sequence_logprobs`` without gradient, ``batch_size`` rows per forward (0: all at once), in eval mode;
+    on the CPU like the batch (the driver's tensors), wherever the model computes."""
     was = model.training
     model.eval()
     try:
@@ -65,7 +66,7 @@ def batched_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_ma
             sl = slice(s, min(s + size, n))
             att = None if response_attention_mask is None else response_attention_mask[sl]
             out.append(sequence_logprobs(model, prompt_ids[sl], prompt_mask[sl], response_ids[sl], response_mask[sl],
-                                         response_attention_mask=att)[0])
+                                         response_attention_mask=att)[0].cpu())
     finally:
         model.train(was)
     return torch.cat(out) if out else response_ids.new_zeros(response_ids.shape, dtype=torch.float32)

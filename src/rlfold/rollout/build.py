@@ -9,10 +9,14 @@ from rlfold.rollout.base import Engine, EngineContext
 from rlfold.rollout.multi_turn import MultiTurnEngine
 
 
-def build_engine(rollout: Any, ctx: EngineContext) -> Engine:
-    """The training engine: ``rollout.engine`` with its options, inside the multi-turn engine when
-    ``rollout.env`` names an environment."""
-    engine = ENGINES.get(rollout.engine)(ctx, **rollout.engine_kwargs)
+def build_engine(rollout: Any, ctx: EngineContext, ray: Any = None) -> Engine:
+    """The training engine: ``rollout.engine`` with its options (in ``ray.num_rollout_workers`` Ray actors when
+    ``ray``, a ``RayConfig``, asks for them), inside the multi-turn engine when ``rollout.env`` names an environment."""
+    if ray is not None and ray.num_rollout_workers > 0:
+        engine = ENGINES.get("ray_actors")(ctx, engine=rollout.engine, engine_kwargs=rollout.engine_kwargs,
+                                    workers=ray.num_rollout_workers, cluster=ray)
+    else:
+        engine = ENGINES.get(rollout.engine)(ctx, **rollout.engine_kwargs)
     if rollout.env is None:
         return engine
     env = ENVIRONMENTS.get(rollout.env.name)(**rollout.env.kwargs)
@@ -24,13 +28,13 @@ def build_eval_engine(rollout: Any, ctx: EngineContext) -> Engine:
     return ENGINES.get(rollout.eval_engine)(ctx, **rollout.eval_engine_kwargs)
 
 
-def build_engines(rollout: Any, ctx: EngineContext) -> tuple[Engine, Engine]:
+def build_engines(rollout: Any, ctx: EngineContext, ray: Any = None) -> tuple[Engine, Engine]:
     """The training and evaluation engines. One instance serves both when they name the same engine with the
     same options and the rollout is single-turn (an engine with weights of its own, e.g. vLLM, then holds
     its memory and takes each weight update once)."""
-    train = build_engine(rollout, ctx)
-    same = (rollout.env is None and rollout.eval_engine == rollout.engine
-            and rollout.eval_engine_kwargs == rollout.engine_kwargs)
+    train = build_engine(rollout, ctx, ray)
+    same = ((ray is None or ray.num_rollout_workers == 0) and rollout.env is None
+            and rollout.eval_engine == rollout.engine and rollout.eval_engine_kwargs == rollout.engine_kwargs)
     return train, train if same else build_eval_engine(rollout, ctx)
 
 

@@ -17,6 +17,7 @@ from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
 from rlfold.models.logprobs import model_device as _device
 from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request
 from rlfold.rollout.sampling import SamplingParams, process_logits
+from rlfold.rollout.weight_sync import full_tensor
 
 ENGINES = registry.ENGINES
 
@@ -95,7 +96,7 @@ class HFEngine:
                 if name not in own:
                     raise ConfigError(f"hf engine: update_weights got {name!r}, which the engine's model does not "
                                       f"have (it has e.g. {', '.join(list(own)[:3])})")
-                own[name].copy_(tensor.detach().to(own[name].device, own[name].dtype))
+                own[name].copy_(full_tensor(tensor).to(own[name].device, own[name].dtype))  # FSDP2: gathered
 
     def sleep(self) -> None:
         """Nothing to release: an in-process module keeps its memory."""

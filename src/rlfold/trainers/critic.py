@@ -18,6 +18,7 @@ from rlfold.core.config import CriticConfig, ModelConfig, TrainConfig
 from rlfold.core.masked import masked_mean
 from rlfold.core.types import RolloutBatch
 from rlfold.models import disable_dropout
+from rlfold.models.logprobs import model_device
 from rlfold.models.value import ValueModel, load_value_model
 from rlfold.trainers.update import MicroBatch, PreparedBatch, chunks
 
@@ -31,10 +32,10 @@ class Critic:
         self.cc, self.train = cc, train
         self.shared = cc.model == "shared"
         if self.shared:
-            self.model = ValueModel(policy.base_model, policy.config.hidden_size).to(dtype)
+            self.model = ValueModel(policy.base_model, policy.config.hidden_size).to(model_device(policy), dtype)
             self.optimizer = None
         else:
-            self.model = load_value_model(cc.path or model_cfg.path, dtype)
+            self.model = load_value_model(cc.path or model_cfg.path, dtype).to(model_device(policy))
             if model_cfg.disable_dropout:
                 disable_dropout(self.model)
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cc.lr, betas=train.betas,
@@ -56,7 +57,7 @@ class Critic:
                    for b in (roll.select(idx) for idx in chunks(roll.size, batch_size))]
         finally:
             self.model.train(was)
-        return torch.cat(out).to(torch.float32)
+        return torch.cat(out).to("cpu", torch.float32)  # the driver's tensors live on the CPU
 
     def targets(self, token_rewards: Tensor, values: Tensor, mask: Tensor, truncated: Tensor,
                 lam: float | None = None) -> Tensor:
@@ -114,8 +115,9 @@ class Critic:
                     sub = roll.select(rows)
                     v = self.model(sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask,
                                    sub.response_attention_mask)
-                    m = mask[rows].float()
-                    loss, metrics = self.loss(v, old_values[rows], returns[rows], m, agg, norm)
+                    m = mask[rows].float().to(v.device)
+                    loss, metrics = self.loss(v, old_values[rows].to(v.device), returns[rows].to(v.device), m, agg,
+                                              norm)
                     if not torch.isfinite(loss):
                         ok = False
                         break

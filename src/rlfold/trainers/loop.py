@@ -35,6 +35,7 @@ from rlfold.core.config import RunConfig
 from rlfold.core.errors import ConfigError, NumericalError, RlfoldError
 from rlfold.core.registry import TRAINERS
 from rlfold.trainers import checkpoint as ckpt
+from rlfold.trainers import distributed, sharded
 from rlfold.trainers.interrupts import Interrupts, StepSnapshot
 from rlfold.trainers.metrics import METRICS_FILE, SAMPLES_FILE, JsonlLog, RunDirError, close_all, read_jsonl, \
     truncate_after_step
@@ -78,6 +79,9 @@ class TrainStep(Protocol):
     def progress(self, metrics: dict[str, float]) -> dict[str, str]:
         """A few numbers for the progress bar."""
 
+    def close(self) -> None:
+        """Stop whatever the step runs in the background; called once ``fit`` ends, on every way out."""
+
 
 
 # ----- the loop ------------------------------------------------------------------------------------
@@ -93,6 +97,7 @@ class RunLoop:
         self.nonfinite_streak = 0
         self.rng = GlobalRNG(cfg.seed)
         self.objects: dict[str, Stateful] = {"loop": self.counters, "rng": self.rng, **trainer.state()}
+        self.parallel = distributed.current()  # rank 0 alone writes the run directory; checkpoints are sharded
 
     @property
     def step(self) -> int:
@@ -101,6 +106,9 @@ class RunLoop:
     def save(self) -> Path:
         name = f"step_{self.step:07d}"
         try:
+            if self.parallel.active:
+                return sharded.save(self.run_dir, self.step, self.trainer.model, self.trainer.tokenizer,
+                                    self.objects, self.cfg.checkpoint.keep, self.parallel)
             return ckpt.save_checkpoint(self.run_dir, self.step, self.trainer.model, self.trainer.tokenizer,
                                         collect_state(self.objects), keep=self.cfg.checkpoint.keep)
         except OSError as exc:
@@ -110,8 +118,10 @@ class RunLoop:
     def _save_once(self) -> Path:
         """A checkpoint of the current step, unless ``latest`` already names an intact one of it."""
         name = f"step_{self.step:07d}"
-        if ckpt.read_latest(self.run_dir) == name and (self.run_dir / ckpt.CKPT_DIR / name / ckpt.MANIFEST).is_file():
-            return self.run_dir / ckpt.CKPT_DIR / name
+        where = self.run_dir / ckpt.CKPT_DIR / name
+        done = ckpt.read_latest(self.run_dir) == name and (where / ckpt.MANIFEST).is_file()
+        if self.parallel.broadcast(done):
+            return where
         return self.save()
 
     # ----- 2. resume ----------------------------------------------------------------------------
@@ -170,11 +180,16 @@ class RunLoop:
         problem is an error that changes nothing on disk.
         """
         where = f"--resume {self.run_dir}"
-        try:
-            ckpt.remove_leftovers(self.run_dir)
-        except OSError as exc:
-            raise RunDirError(f"{where}: cannot clean {self.run_dir / ckpt.CKPT_DIR}: {_reason(exc)}") from exc
-        path = self.choose_checkpoint(from_checkpoint)
+        path: Path | None = None
+        if self.parallel.is_main:
+            try:
+                ckpt.remove_leftovers(self.run_dir)
+            except OSError as exc:
+                raise RunDirError(f"{where}: cannot clean {self.run_dir / ckpt.CKPT_DIR}: {_reason(exc)}") from exc
+            path = self.choose_checkpoint(from_checkpoint)
+        path = self.parallel.broadcast(path)
+        if path is None and not self.parallel.is_main:
+            return
         if path is None:  # killed before the first checkpoint: start from scratch, dropping its logs
             _note(f"{self.run_dir} has no checkpoint yet: starting from step 0")
             for name in LOG_FILES:
@@ -189,6 +204,14 @@ class RunLoop:
         if self.cfg.train.steps < step:
             raise ConfigError(f"{where}: checkpoint {path.name} is at step {step}, beyond train.steps="
                               f"{self.cfg.train.steps}; pass train.steps={step} or more to continue it")
+        if self.parallel.active:
+            plain, _ = sharded.split_objects(self.objects)
+            restore_state(plain, state, f"{where} ({path.name})")
+            sharded.load(path, self.trainer.model, self.objects, self.parallel)
+            if self.parallel.is_main:
+                self._settle(path, step, from_checkpoint)
+            self.parallel.barrier()
+            return
         from transformers import AutoModelForCausalLM
 
         model = self.trainer.model
@@ -206,6 +229,11 @@ class RunLoop:
             raise
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise ConfigError(f"{where} ({path.name}): cannot restore the trainer state: {exc}") from exc
+        self._settle(path, step, from_checkpoint)
+
+    def _settle(self, path: Path, step: int, from_checkpoint: str | None) -> None:
+        """After a restore from ``path``: point ``latest`` at it, set later checkpoints aside, drop later log rows."""
+        where = f"--resume {self.run_dir}"
         try:
             if ckpt.read_latest(self.run_dir) != path.name:
                 ckpt.atomic_write_text(self.run_dir / ckpt.CKPT_DIR / ckpt.LATEST, path.name)
@@ -224,6 +252,8 @@ class RunLoop:
 
     # ----- fit ----------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
+        if not self.parallel.is_main:  # the other ranks train in step with rank 0 and write nothing
+            return self._fit()
         lock = self.lock if self.lock is not None and self.lock.held else RunLock.acquire(self.run_dir)
         self.lock = lock
         try:
@@ -238,25 +268,30 @@ class RunLoop:
         trackers: Trackers | None = None
         primary: BaseException | None = None
         try:
-            trackers = Trackers.open(cfg, self.run_dir, start_step=self.step + 1 if self.step else 0)
+            main = self.parallel.is_main
+            trackers = (Trackers.open(cfg, self.run_dir, start_step=self.step + 1 if self.step else 0) if main
+                        else Trackers([]))
             if self.counters["init_eval"] is None:
                 self.counters["init_eval"] = trainer.begin()
-            metrics_log = JsonlLog(self.run_dir / METRICS_FILE)
+            metrics_log = JsonlLog(self.run_dir / METRICS_FILE) if main else NullLog()
             logs.append(metrics_log)
-            samples_log = JsonlLog(self.run_dir / SAMPLES_FILE)
+            samples_log = JsonlLog(self.run_dir / SAMPLES_FILE) if main else NullLog()
             logs.append(samples_log)
             if self.step == 0:
                 metrics_log.write({"step": 0, **self.counters["init_eval"]})
                 trackers.log({"step": 0, **self.counters["init_eval"]})
-            bar = tqdm(total=cfg.train.steps, initial=self.step, desc=cfg.name, disable=not cfg.log.progress,
-                       dynamic_ncols=True)
+            bar = tqdm(total=cfg.train.steps, initial=self.step, desc=cfg.name,
+                       disable=not (cfg.log.progress and main), dynamic_ncols=True)
             with Interrupts() as intr:
                 while self.step < cfg.train.steps:
                     self._one_step(intr, metrics_log, samples_log, trackers, bar)
                 # A skipped (non-finite) step leaves the parameters untouched, so they are safe to save here.
                 self._save_once()
                 try:
-                    ckpt.save_pretrained_atomic(trainer.model, trainer.tokenizer, self.run_dir / "final")
+                    if self.parallel.active:
+                        sharded.save_final(trainer.model, trainer.tokenizer, self.run_dir / "final", self.parallel)
+                    else:
+                        ckpt.save_pretrained_atomic(trainer.model, trainer.tokenizer, self.run_dir / "final")
                 except OSError as exc:
                     raise RunDirError(f"cannot write the final model {self.run_dir / 'final'}: "
                                       f"{_reason(exc)}") from exc
@@ -264,6 +299,7 @@ class RunLoop:
             primary = exc
             raise
         finally:
+            trainer.close()  # e.g. an asynchronous collector's thread, before anything else is torn down
             if bar is not None:
                 bar.close()
             try:
@@ -271,7 +307,7 @@ class RunLoop:
                     trackers.close(primary)  # W&B's offline file is complete only once its run is finished
             finally:
                 close_all(logs, primary)
-        return read_jsonl(self.run_dir / METRICS_FILE)
+        return read_jsonl(self.run_dir / METRICS_FILE) if self.parallel.is_main else []
 
     def _one_step(self, intr: Interrupts, metrics_log: JsonlLog, samples_log: JsonlLog, trackers: Trackers,
                   bar: Any) -> None:
@@ -319,6 +355,16 @@ class RunLoop:
             raise KeyboardInterrupt(f"Ctrl-C: stopped after step {self.step}; checkpoint {saved.name} holds it")
 
 
+class NullLog:
+    """The logs of a rank other than 0: rows are dropped (rank 0 writes them)."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Run:
     """A configured run: its trainer step and the loop around it (``fit()`` trains)."""
@@ -333,6 +379,7 @@ class Run:
 
     def close(self) -> None:
         """Give the run directory's lock back without training (``fit`` does it on its way out)."""
+        self.trainer.close()
         if self.loop.lock is not None:
             self.loop.lock.release()
 
@@ -349,6 +396,12 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, from_checkpoi
     if from_checkpoint is not None and not resume:
         raise ConfigError(f"--from-checkpoint {from_checkpoint} needs --resume RUN_DIR")
     check_installed(cfg.log.trackers)  # a tracker's missing package, before anything is built or written
+    if not distributed.setup(cfg.train.strategy).is_main:  # rank 0 owns the run directory
+        trainer = TRAINERS.get(cfg.trainer)(cfg)
+        loop = RunLoop(cfg, run_dir, trainer)
+        if resume:
+            loop.restore(from_checkpoint)
+        return Run(cfg, run_dir, trainer, loop)
     lock = RunLock.acquire(run_dir) if run_dir.is_dir() else None
     try:
         check_run_dir(cfg, run_dir, resume)

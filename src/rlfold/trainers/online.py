@@ -19,6 +19,7 @@ shards (its normaliser is the one reduction, see ``trainers.update``).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,20 +32,26 @@ from rlfold.algos.selection import SelectionInput, engine_mismatch
 from rlfold.core.config import AlgoConfig, RunConfig, TaskConfig
 from rlfold.core.errors import ConfigError, NumericalError
 from rlfold.core.masked import masked_mean, masked_sum
-from rlfold.core.registry import SAMPLERS, TASKS, TRAINERS, needed_inputs
+from rlfold.core.registry import COLLECTORS, SAMPLERS, TASKS, TRAINERS, needed_inputs
 from rlfold.core.seeding import derive_seed, generator_for
 from rlfold.models import disable_dropout, load_model_and_tokenizer
 from rlfold.models.logprobs import batched_logprobs
+from rlfold.models.placement import autocast_for, check_precision, enable_gradient_checkpointing, resolve_device
 from rlfold.models.policy import build_policy
+from rlfold.rewards.ray_pool import RayRewardPool
 from rlfold.rollout import EngineContext, SamplingParams, build_engines
 from rlfold.tasks import Task
 from rlfold.tasks.chat import for_tokenizer
 from rlfold.tasks.rows import Columns
+from rlfold.trainers import async_collect as _async_collect  # noqa: F401  (registers the async collectors)
 from rlfold.trainers.collect import RolloutCollector, Sampled
+from rlfold.trainers import distributed
 from rlfold.trainers.critic import Critic, ValueTerm, value_metrics
 from rlfold.trainers.evaluate import evaluate
 from rlfold.trainers.inputs import StepContext, provide
 from rlfold.trainers.loop import StepResult
+from rlfold.trainers.packing import check_micro_batch_tokens
+from rlfold.trainers.perf import count_parameters, peak_flops, perf_metrics
 from rlfold.trainers.preflight import check_dtype, check_prompts, check_stop_tokens
 from rlfold.trainers.reference import build_reference
 from rlfold.trainers.schedule import make_scheduler
@@ -118,9 +125,14 @@ class OnlineStep:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, a = cfg, cfg.algo
         check_dtype(cfg)
+        self.parallel = distributed.setup(cfg.train.strategy)  # every rank runs this same driver
+        self.device = resolve_device(cfg.model.device)  # after setup: a rank's "cuda" is its local device
+        check_precision(cfg.train.mixed_precision, cfg.model.dtype)
+        check_micro_batch_tokens(cfg.train.micro_batch_tokens, self.parallel.active)
+        self.autocast = autocast_for(self.device, cfg.train.mixed_precision)
         self.task = build_task(cfg.task, cfg.seed)
         dtype = DTYPES[cfg.model.dtype]
-        self.model, self.tokenizer = load_model_and_tokenizer(cfg.model.path, dtype)
+        self.model, self.tokenizer = load_model_and_tokenizer(cfg.model.path, dtype, device=self.device)
         # The data against the model, before the reference model, critic and engines are built.
         self.task = for_tokenizer(self.task, self.tokenizer, cfg.task.system_prompt, cfg.task.chat_template,
                                   cfg.model.path)
@@ -130,6 +142,9 @@ class OnlineStep:
             disable_dropout(self.model)
         self.policy = build_policy(self.model, cfg.model.lora)  # full fine-tuning, or LoRA adapters
         self.module, self.model = self.policy.module, self.policy.saved  # what computes; what checkpoints save
+        if cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(self.module)
+        self.n_params, self.peak_flops = count_parameters(self.module), peak_flops(self.device, cfg.train.peak_tflops)
         self.reference = build_reference(self.policy, cfg.model.path, dtype) if a.kl_coef > 0 else None
         self.adv_fn = ADVANTAGES.get(a.advantage)
         self.policy_term = PolicyTerm(POLICY_LOSSES.get(a.policy_loss), a.policy_loss_options())
@@ -143,19 +158,27 @@ class OnlineStep:
         self.sft = SFTTerm(self.module, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
         ctx = EngineContext(model=self.module, tokenizer=self.tokenizer, model_path=cfg.model.path, dtype=dtype,
                             weights=self.policy.weights)
-        self.engine, self.eval_engine = build_engines(cfg.rollout, ctx)
+        self.engine, self.eval_engine = build_engines(cfg.rollout, ctx, cfg.ray)
         self.recompute = (cfg.rollout.recompute_logprobs if cfg.rollout.recompute_logprobs is not None
-                          else not self.engine.shares_weights)
+                          else not self.engine.shares_weights or cfg.train.mixed_precision != "none")
         self.params = sampling_params(cfg.rollout)
         sp = cfg.train.sampler
         self.sampler = SAMPLERS.get(sp.name)(self.task.train, seed=cfg.seed, **sp.kwargs)
         scorer = Scorer([(r.name, r.weight, r.kwargs) for r in cfg.rewards], cfg.accuracy_reward, cfg.reward_errors,
-                        [(s.name, s.kwargs) for s in cfg.shaping], cfg.rollout.max_new_tokens, self.tokenizer)
-        self.collector = RolloutCollector(
+                        [(s.name, s.kwargs) for s in cfg.shaping], cfg.rollout.max_new_tokens, self.tokenizer,
+                        **({"score": RayRewardPool(cfg.ray, cfg.imports)}
+                           if cfg.ray is not None and cfg.ray.num_reward_workers > 0 else {}))
+        self.collector: RolloutCollector = COLLECTORS.get(cfg.rollout.async_mode)(
             self.engine, self.params, self.sampler, scorer, prompts_per_step=cfg.train.prompts_per_step,
             seed=cfg.seed, group_filters=[(f.name, f.kwargs) for f in a.group_filters],
-            max_gen_batches=a.max_gen_batches)
+            max_gen_batches=a.max_gen_batches, max_staleness=cfg.rollout.max_staleness)
+        if self.collector.off_policy and not self.recompute:
+            raise ConfigError(f"rollout.async_mode={cfg.rollout.async_mode} with rollout.recompute_logprobs=false: "
+                              "off-policy rows need the trainer's own old (proximal) log-probs; leave "
+                              "rollout.recompute_logprobs unset or true")
         tc = cfg.train
+        self.check_parallel()
+        self.train_module = distributed.wrap(self.module, self.parallel)  # what the update's forward runs
         self.trainable = [p for p in self.module.parameters() if p.requires_grad]
         if self.critic is not None:
             self.trainable += self.critic.head_parameters()
@@ -165,6 +188,21 @@ class OnlineStep:
         self.scheduler = make_scheduler(self.optimizer, tc.steps * self.opt_steps_per_step, tc.warmup_steps,
                                         tc.schedule, tc.min_lr_ratio)
         self.skipped: list[tuple[int, str]] = []  # the current streak of steps that did not train: (step, why)
+
+    def check_parallel(self) -> None:
+        """Refuse what the data-parallel update does not shard yet (every rank would add the same gradient)."""
+        if not self.parallel.active:
+            return
+        where = f"train.strategy={self.cfg.train.strategy}"
+        if self.cfg.model.lora is not None:
+            raise ConfigError(f"{where}: model.lora is not supported with several processes yet; "
+                              "set train.strategy=single")
+        if self.sft is not None:
+            raise ConfigError(f"{where}: algo.sft_coef > 0 is not supported with several processes yet; "
+                              "set algo.sft_coef=0 or train.strategy=single")
+        if self.critic is not None and self.critic.shared:
+            raise ConfigError(f"{where}: a shared critic (critic.model=shared) is not supported with several "
+                              "processes yet; use a separate critic or train.strategy=single")
 
     # ----- what the loop needs --------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -188,9 +226,17 @@ class OnlineStep:
 
     def evaluate(self) -> dict[str, float]:
         ec = self.cfg.eval
-        res = evaluate(self.eval_engine, self.task.held_out[: ec.size], reward=self.cfg.accuracy_reward, k=ec.pass_k,
-                       max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7)
+        with self.collector.idle() if self.eval_engine is self.engine else nullcontext():
+            res = self._evaluate(ec)
         return {f"val/{self.task.name}/{k}": v for k, v in res.items()}
+
+    def _evaluate(self, ec: Any) -> dict[str, float]:
+        return evaluate(self.eval_engine, self.task.held_out[: ec.size], reward=self.cfg.accuracy_reward, k=ec.pass_k,
+                        max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7)
+
+    def close(self) -> None:
+        """Stop what runs in the background (an asynchronous collector's thread); called at every run end."""
+        self.collector.close()
 
     def progress(self, m: dict[str, float]) -> dict[str, str]:
         return {"reward": f"{m['reward/mean']:.3f}", "acc": f"{m['acc/mean']:.3f}",
@@ -199,6 +245,8 @@ class OnlineStep:
     # ----- the step ---------------------------------------------------------------------
     def step(self, index: int) -> StepResult:
         t_step = time.perf_counter()
+        if self.collector.version != index:  # a resumed run (or a skipped step): the engines get these weights
+            self.collector.new_weights(self.sync_weights, index)
         s = self.collector.collect(index)                                        # 1. collect
         lp = self.logprobs(s)                                                    # 2. old / ref log-probs
         rewards, token_rewards, kl_tokens, kl_metrics = self.kl_stage(s, lp)     # 3. KL
@@ -233,14 +281,18 @@ class OnlineStep:
         t0 = time.perf_counter()
         stats = self.update(prep)                                                # 7. update
         t_update = time.perf_counter() - t0
+        trained = float(prep.roll.prompt_mask.sum() + prep.roll.attention.sum()) * self.cfg.train.ppo_epochs
+        perf = perf_metrics(self.n_params, trained, t_update, self.device,
+                            None if self.peak_flops is None else self.peak_flops * self.parallel.world)
         t0 = time.perf_counter()
-        self.sync_weights()
+        self.collector.new_weights(self.sync_weights, index + 1)  # the collector says when the engines may take them
         t_sync = time.perf_counter() - t0
         if kl_tokens is not None:
             self.kl.update(float(masked_mean(kl_tokens, s.roll.response_mask)), s.roll.size)
         roll, dt = s.roll, time.perf_counter() - t_step
         metrics: dict[str, float] = {
             **adv_metrics, **s.metrics, **lp.metrics, **sel_metrics, **kl_metrics, **critic_metrics, **stats.metrics,
+            **perf,
             **health,
             "actor/lr": self.optimizer.param_groups[0]["lr"],
             "timing_s/gen": s.t_gen, "timing_s/reward": s.t_reward, "timing_s/ref": lp.seconds_ref,
@@ -308,14 +360,16 @@ class OnlineStep:
                               "this sampling (temperature != 1, top_p or top_k), so old log-probs must come from "
                               "the trainer: set rollout.recompute_logprobs=true (or leave it unset)")
         if self.recompute:
-            old = batched_logprobs(self.module, roll.prompt_ids, roll.prompt_mask, roll.response_ids,
-                                   roll.response_mask, roll.response_attention_mask, batch_size=mb)
+            with self.autocast():  # the update's precision, so the first ratios are 1
+                old = batched_logprobs(self.module, roll.prompt_ids, roll.prompt_mask, roll.response_ids,
+                                       roll.response_mask, roll.response_attention_mask, batch_size=mb)
         t_old = time.perf_counter() - t0
         metrics = engine_mismatch(old, roll.sample_logprobs, roll.response_mask) if self.recompute else {}
         t0 = time.perf_counter()
         ref = None
         if self.reference is not None:
-            ref = self.reference.logprobs(roll)
+            with self.autocast():
+                ref = self.reference.logprobs(roll)
         return LogProbs(old, ref, t_old, time.perf_counter() - t0, metrics)
 
     def kl_stage(self, s: Sampled, lp: LogProbs) -> tuple[Tensor, Tensor, Tensor | None, dict[str, float]]:
@@ -391,10 +445,11 @@ class OnlineStep:
         """Stage 7. The loss terms over epochs x mini-batches x micro-batches."""
         tc = self.cfg.train
         return policy_update(
-            self.module, self.optimizer, self.scheduler, prep, terms=self.terms(), aggregation=self.aggregation,
+            self.train_module, self.optimizer, self.scheduler, prep, terms=self.terms(), aggregation=self.aggregation,
             ppo_epochs=tc.ppo_epochs, mini_batch_size=tc.mini_batch_size, micro_batch_size=tc.micro_batch_size,
             grad_clip=tc.grad_clip, max_len=self.max_len,
             minibatch_terms=(self.sft,) if self.sft is not None else (), params=self.trainable,
+            parallel=self.parallel, micro_batch_tokens=tc.micro_batch_tokens, autocast=self.autocast,
         )
 
     def terms(self) -> list:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from rlfold.core.types import RolloutBatch
 from rlfold.models import load_model_and_tokenizer
-from rlfold.models.logprobs import batched_logprobs
+from rlfold.models.logprobs import batched_logprobs, model_device
 from rlfold.models.policy import Policy
 
 
@@ -53,7 +53,7 @@ def build_reference(policy: Policy, model_path: str, dtype: torch.dtype) -> Refe
     """The policy's base-model view when it has one, else a frozen model loaded from ``model_path``."""
     if policy.base_view is not None:
         return BaseViewReference(policy.module, policy.base_view)
-    module, _ = load_model_and_tokenizer(model_path, dtype)
+    module, _ = load_model_and_tokenizer(model_path, dtype, device=model_device(policy.module))
     return FrozenReference(module)
 
 

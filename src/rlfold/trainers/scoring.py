@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.rewards import SHAPINGS, ShapingInput, score_rewards
+from rlfold.rewards.base import ScoreResult
 
 
 @dataclass
@@ -75,11 +76,14 @@ class Scorer:
     ``rewards``: ``(name, weight, kwargs)`` specs; ``accuracy_reward`` is always scored (for
     ``acc/mean`` and the group filters) even when it carries no weight; ``shaping``: ``(name,
     kwargs)`` specs whose per-part state dicts are checkpointed; ``max_len``: the generation limit the
-    shaping parts measure lengths against.
+    shaping parts measure lengths against; ``score``: what scores the reward functions (``score_rewards``
+    in this process, or a pool of reward workers with its interface).
     """
 
     def __init__(self, rewards: Sequence[tuple[str, float, dict[str, Any]]], accuracy_reward: str, on_error: str,
-                 shaping: Sequence[tuple[str, dict[str, Any]]], max_len: int, tokenizer: Any) -> None:
+                 shaping: Sequence[tuple[str, dict[str, Any]]], max_len: int, tokenizer: Any,
+                 score: Callable[..., ScoreResult] = score_rewards) -> None:
+        self.score = score
         self.rewards, self.accuracy_reward, self.on_error = list(rewards), accuracy_reward, on_error
         self.shaping = [(SHAPINGS.get(name), dict(kwargs)) for name, kwargs in shaping]
         self.shaping_state: list[dict[str, Any]] = [{} for _ in self.shaping]
@@ -88,13 +92,13 @@ class Scorer:
     def __call__(self, reps: list[Prompt], roll: RolloutBatch, group_ids: torch.Tensor, step: int) -> Scored:
         """Reward functions, then the shaping parts in order; unscorable rows are counted and neutralised."""
         lengths = roll.response_mask.sum(1)
-        res = score_rewards(self.rewards, reps, roll.response_texts, roll.finish_reasons, response_lengths=lengths,
-                            on_error=self.on_error)
+        res = self.score(self.rewards, reps, roll.response_texts, roll.finish_reasons, response_lengths=lengths,
+                         on_error=self.on_error)
         per_fn, metrics = res.per_fn, dict(res.metrics)
         acc = self.accuracy_reward
         if acc not in per_fn:
-            per_fn[acc] = score_rewards([(acc, 1.0)], reps, roll.response_texts, roll.finish_reasons,
-                                        response_lengths=lengths, on_error=self.on_error).per_fn[acc]
+            per_fn[acc] = self.score([(acc, 1.0)], reps, roll.response_texts, roll.finish_reasons,
+                                     response_lengths=lengths, on_error=self.on_error).per_fn[acc]
         scores, unscorable = fill_unscorable(res.total, group_ids)
         mask = roll.response_mask
         token_part = torch.zeros(mask.shape)

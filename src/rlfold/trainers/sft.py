@@ -9,6 +9,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlfold.models.logprobs import model_device
+
 
 def encode_pairs(
     tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]
@@ -33,6 +35,8 @@ def encode_pairs(
 
 def sft_loss(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the loss-masked target tokens."""
+    device = model_device(model)
+    ids, attn, loss_mask = ids.to(device), attn.to(device), loss_mask.to(device)
     logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
     targets = ids[:, 1:]
     mask = loss_mask[:, 1:].float()

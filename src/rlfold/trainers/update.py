@@ -15,6 +15,7 @@ computed by the driver stage before the batch was prepared.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from rlfold.algos.aggregation import Aggregation
 from rlfold.core.masked import masked_sum
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.models.logprobs import sequence_logprobs
+from rlfold.models.placement import Autocast
+from rlfold.trainers.packing import token_buckets, trim_prompt
+from rlfold.trainers.distributed import SINGLE, Parallel, as_float
 
 
 @dataclass
@@ -71,7 +75,7 @@ class MicroBatch:
 
     def take(self, t: Tensor | None) -> Tensor | None:
         """Rows of a full-batch ``[N, R]`` tensor for this micro-batch, trimmed like the responses."""
-        return None if t is None else t[self.rows][:, : self.columns]
+        return None if t is None else t[self.rows][:, : self.columns].to(self.logprobs.device)
 
 
 class LossTerm(Protocol):
@@ -171,39 +175,56 @@ def accumulate_loss(
     aggregation: Aggregation,
     max_len: int | None = None,
     reduce: Reduce = local_reduce,
+    micro_count: int | None = None,
+    micro_batch_tokens: int = 0,
+    autocast: Autocast = contextlib.nullcontext,
 ) -> tuple[dict[str, float], bool]:
     """Forward/backward over the micro-batches of mini-batch ``idx``; gradients accumulate in ``model``.
 
     The aggregation normaliser is computed once from the loss mask of the whole mini-batch, so the
-    summed micro-batch gradients equal the full-batch gradient for any ``micro_batch_size``.
+    summed micro-batch gradients equal the full-batch gradient for any ``micro_batch_size``. With
+    ``micro_count`` (data parallelism: every rank makes the same collective forwards and backwards)
+    the micro-batches are padded to that many with zero-mask ones, and a non-finite loss is still
+    back-propagated (the update then skips the step on every rank). ``micro_batch_tokens`` buckets the
+    rows by length (``trainers.packing``); ``autocast`` is the forward's precision context.
     """
     mask_all = prep.loss_mask[idx].float()
     norm = mini_batch_normaliser(aggregation, mask_all, max_len, reduce)
     n_tok = max(float(reduce(mask_all.sum())), 1.0)
     sums: dict[str, float] = defaultdict(float)
-    for local in chunks(len(idx), micro_batch_size):
-        rows = idx[local]
-        sub = prep.roll.select(rows)
+    pieces = ((token_buckets(prep.roll, idx, micro_batch_tokens, micro_batch_size) if micro_batch_tokens
+               else chunks(len(idx), micro_batch_size)) if len(idx) else [])
+    if micro_count is not None:
+        pieces += [torch.zeros(0, dtype=torch.long)] * (micro_count - len(pieces))
+    finite = True
+    for local in pieces:
+        pad = local.numel() == 0  # a zero-mask forward on row 0, so every rank makes the same collectives
+        rows = torch.zeros(1, dtype=torch.long) if pad else idx[local]
+        sub = trim_prompt(prep.roll.select(rows)) if micro_batch_tokens else prep.roll.select(rows)
         width = _used_width(sub.attention)
         sub.response_ids, sub.response_mask = sub.response_ids[:, :width], sub.response_mask[:, :width]
         if sub.response_attention_mask is not None:
             sub.response_attention_mask = sub.response_attention_mask[:, :width]
-        mask = prep.loss_mask[rows][:, :width].float()
-        logp, ent = sequence_logprobs(model, sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask,
-                                      with_entropy=True, response_attention_mask=sub.response_attention_mask)
-        mb = MicroBatch(rows=rows, roll=sub, mask=mask, norm=norm, logprobs=logp, entropy=ent, columns=width,
-                        total_tokens=n_tok)
-        loss = logp.new_zeros(())
-        for term in terms:
-            part, metrics = term(prep, mb, aggregation)
-            loss = loss + part
-            for k, v in metrics.items():
-                sums[k] += v
+        with autocast():
+            logp, ent = sequence_logprobs(model, sub.prompt_ids, sub.prompt_mask, sub.response_ids,
+                                          sub.response_mask, with_entropy=True,
+                                          response_attention_mask=sub.response_attention_mask)
+            mask = (prep.loss_mask[rows][:, :width].float() * (0.0 if pad else 1.0)).to(logp.device)
+            mb = MicroBatch(rows=rows, roll=sub, mask=mask, norm=norm.to(logp.device), logprobs=logp, entropy=ent,
+                            columns=width, total_tokens=n_tok)
+            loss = logp.new_zeros(())
+            for term in terms:
+                part, metrics = term(prep, mb, aggregation)
+                loss = loss + part
+                for k, v in metrics.items():
+                    sums[k] += v
         if not torch.isfinite(loss):
-            return dict(sums), False
+            if micro_count is None:
+                return dict(sums), False
+            finite = False
         loss.backward()
         sums["actor/entropy"] += float(masked_sum(ent.detach(), mask)) / n_tok
-    return dict(sums), True
+    return dict(sums), finite
 
 
 MiniBatchTerm = Callable[[PreparedBatch, torch.Tensor], tuple[Tensor | None, dict[str, float]]]
@@ -225,12 +246,17 @@ def policy_update(
     minibatch_terms: tuple[MiniBatchTerm, ...] = (),
     params: list[torch.nn.Parameter] | None = None,
     reduce: Reduce = local_reduce,
+    parallel: Parallel = SINGLE,
+    micro_batch_tokens: int = 0,
+    autocast: Autocast = contextlib.nullcontext,
 ) -> UpdateStats:
     """``ppo_epochs`` passes over the batch in mini-batches, one optimiser step each.
 
     ``minibatch_terms`` run (forward and backward) once per mini-batch on their own data. A
     non-finite loss or gradient norm skips the optimiser step (gradients are discarded) and marks
-    the update non-finite.
+    the update non-finite. Under data parallelism (``parallel``) each rank trains its share of every
+    mini-batch, the normalisers and metrics are summed over ranks and ``model`` is the DDP / FSDP2
+    module that all-reduces the gradients.
     """
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -239,18 +265,29 @@ def policy_update(
     for _ in range(ppo_epochs):
         for idx in chunks(prep.size, mini_batch_size):
             optimizer.zero_grad(set_to_none=True)
-            sums, ok = accumulate_loss(model, prep, idx, micro_batch_size, terms, aggregation, max_len, reduce)
+            if parallel.active:
+                sums, ok = accumulate_loss(model, prep, parallel.shard(idx), micro_batch_size, terms, aggregation,
+                                           max_len, parallel.reduce_sum, parallel.micro_count(len(idx),
+                                                                                              micro_batch_size),
+                                           autocast=autocast)
+                ok = parallel.all_true(ok)
+                parallel.finish_grads(params)
+                sums = parallel.sum_metrics(dict(sums))
+            else:
+                sums, ok = accumulate_loss(model, prep, idx, micro_batch_size, terms, aggregation, max_len, reduce,
+                                           micro_batch_tokens=micro_batch_tokens, autocast=autocast)
             for term in minibatch_terms:
                 if not ok:
                     break
-                loss, metrics = term(prep, idx)
+                with autocast():
+                    loss, metrics = term(prep, idx)
                 if loss is not None:
                     ok = bool(torch.isfinite(loss))
                     if ok:
                         loss.backward()
                 sums.update(metrics)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if ok else torch.tensor(math.nan)
-            if not ok or not torch.isfinite(grad_norm):
+            grad_norm = as_float(torch.nn.utils.clip_grad_norm_(params, grad_clip)) if ok else math.nan
+            if not ok or not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 finite = False
                 continue
@@ -258,7 +295,7 @@ def policy_update(
             scheduler.step()
             for k, v in sums.items():
                 totals[k].append(v)
-            totals["actor/grad_norm"].append(float(grad_norm))
+            totals["actor/grad_norm"].append(grad_norm)
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     metrics = {k: sum(v) / len(v) for k, v in totals.items() if v}

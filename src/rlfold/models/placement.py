@@ -1,0 +1,66 @@
+"""Where and in what precision a model computes: the device, bf16 autocast over fp32 weights, and
+gradient checkpointing."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ContextManager
+
+import torch
+
+from rlfold.core.errors import ConfigError
+
+Autocast = Callable[[], ContextManager[Any]]
+
+
+def resolve_device(spec: str, cuda_available: bool | None = None, device_count: int | None = None) -> torch.device:
+    """``model.device`` as a ``torch.device``: ``auto`` is cuda when available, else cpu; a CUDA device the
+    machine lacks is a ConfigError."""
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if spec == "auto":
+        return torch.device("cuda" if cuda else "cpu")
+    device = torch.device(spec)
+    if device.type != "cuda":
+        return device
+    if not cuda:
+        raise ConfigError(f"model.device={spec} but this machine has no CUDA device (torch "
+                          f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use model.device=cpu or "
+                          "model.device=auto")
+    count = torch.cuda.device_count() if device_count is None else device_count
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"model.device={spec} but this machine has {count} CUDA device(s) (cuda:0 .. "
+                          f"cuda:{count - 1}); pick one of them or model.device=cuda")
+    return device
+
+
+def check_precision(mixed_precision: str, dtype: str) -> None:
+    """bf16 mixed precision keeps float32 master weights, so the model must be loaded in float32."""
+    if mixed_precision == "bf16" and dtype != "float32":
+        raise ConfigError(f"train.mixed_precision=bf16 keeps float32 parameters and optimiser state and computes in "
+                          f"bf16 under autocast, but model.dtype={dtype}; set model.dtype=float32 (or "
+                          "train.mixed_precision=none to train in the model's own dtype)")
+
+
+def autocast_for(device: torch.device, mixed_precision: str) -> Autocast:
+    """A factory of the forward's precision context: bf16 ``torch.autocast`` on ``device``, or none."""
+    if mixed_precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """transformers' non-reentrant activation checkpointing (active in train mode only): the newer
+    ``activation_checkpointing_enable`` where it exists (its old name is deprecated in transformers 5.2x),
+    else ``gradient_checkpointing_enable``."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing=true but the model ({type(model).__name__}) does not "
+                          "support gradient checkpointing; set train.gradient_checkpointing=false")
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+__all__ = ["Autocast", "autocast_for", "check_precision", "enable_gradient_checkpointing", "resolve_device"]
