@@ -106,4 +106,14 @@ def actor_options(cfg: Any, role: str, index: int, count: int) -> dict[str, Any]
     return opts
 
 
-__all__ = ["actor_options", "connect", "import_ray", "release_placement_groups", "shutdown_if_started"]
+def kill_actors(ray: Any, actors: list[Any]) -> None:
+    """Stop the actors (quietly: at interpreter exit Ray may already be down)."""
+    for actor in actors:
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+
+
+__all__ = ["actor_options", "connect", "import_ray", "kill_actors", "release_placement_groups",
+           "shutdown_if_started"]

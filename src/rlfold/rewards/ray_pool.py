@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rlfold.cluster import actor_options, connect
+from rlfold.cluster import actor_options, connect, kill_actors
 from rlfold.core.config_loader import import_plugins
 from rlfold.core.types import Prompt
 from rlfold.rewards.base import ScoreResult, score_rewards
@@ -63,14 +63,6 @@ def join_results(parts: Sequence[ScoreResult]) -> ScoreResult:
     return ScoreResult(total, per_fn, token_scores, metrics)
 
 
-def _kill(ray: Any, actors: list[Any]) -> None:
-    for actor in actors:
-        try:
-            ray.kill(actor)
-        except Exception:  # noqa: BLE001 - best effort at shutdown
-            pass
-
-
 class RayRewardPool:
     """``score_rewards`` over ``cfg.num_reward_workers`` Ray actors (``cfg``: a ``RayConfig``)."""
 
@@ -81,7 +73,7 @@ class RayRewardPool:
         remote = ray.remote(RewardWorker)
         self.workers = [remote.options(**actor_options(cfg, "reward", i, n)).remote(list(imports), threads)
                         for i in range(n)]
-        weakref.finalize(self, _kill, ray, list(self.workers))
+        weakref.finalize(self, kill_actors, ray, list(self.workers))
 
     def __call__(self, specs: Sequence[Any], prompts: Sequence[Prompt], completions: Sequence[str],
                  finishes: Sequence[str], response_lengths: torch.Tensor | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -22,7 +22,6 @@ class RowOutput:
     policy: list[float]
     finish: str = FINISH_LENGTH
     text: str = ""
-    extras: dict = field(default_factory=dict)
 
 
 def finish_reason(engine_reason: str | None) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from rlfold.core.errors import DataError
+from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.models.policy import PlainWeights, PolicyWeights
 from rlfold.rollout.sampling import SamplingParams
@@ -75,6 +75,14 @@ def chat_prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[
                                               return_dict=False))
 
 
+def pad_id_of(tokenizer: Any, engine: str) -> int:
+    """The id an engine pads with: the tokenizer's pad token, else its eos token (a ConfigError without either)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ConfigError(f"{engine}: the tokenizer has neither a pad_token nor an eos_token to pad with")
+    return int(pad)
+
+
 def encode_request(tokenizer: Any, request: GenerationRequest, index: int = 0, engine: str = "engine") -> list[int]:
     """The prompt token ids of ``request``: its context ids as given, its chat messages through the
     tokenizer's chat template, or its prompt text (see ``GenerationRequest``)."""
@@ -98,4 +106,4 @@ def requests_for(prompts: Sequence[Prompt]) -> list[GenerationRequest]:
             for p in prompts]
 
 
-__all__ = ["Engine", "EngineContext", "GenerationRequest", "chat_prompt_ids", "encode_request", "requests_for"]
+__all__ = ["Engine", "EngineContext", "GenerationRequest", "chat_prompt_ids", "encode_request", "pad_id_of", "requests_for"]

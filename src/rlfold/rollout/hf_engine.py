@@ -15,7 +15,7 @@ from rlfold.core.masked import positions_from_mask as _positions
 from rlfold.core.seeding import generator_for
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
 from rlfold.models.logprobs import model_device as _device
-from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request
+from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request, pad_id_of
 from rlfold.rollout.sampling import SamplingParams, process_logits
 from rlfold.rollout.weight_sync import full_tensor
 
@@ -69,12 +69,7 @@ class HFEngine:
         self.model = model
         tokenizer = ctx.tokenizer
         self.tokenizer = tokenizer
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id
-        if pad is None:
-            raise ConfigError("HFEngine: the tokenizer has neither a pad_token nor an eos_token to pad with")
-        self.pad_id = int(pad)
+        self.pad_id = pad_id_of(tokenizer, "HFEngine")
         self.eos_id = tokenizer.eos_token_id
         try:
             forward_params = inspect.signature(model.forward).parameters

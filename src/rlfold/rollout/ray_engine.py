@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from rlfold.cluster import actor_options, connect
+from rlfold.cluster import actor_options, connect, kill_actors
 from rlfold.core import registry
 from rlfold.core.config import RayConfig
 from rlfold.core.errors import ConfigError, DataError
@@ -55,15 +55,6 @@ class RolloutWorker:
         self.engine.wake()
 
 
-def _kill(ray: Any, actors: list[Any]) -> None:
-    """Stop the actors (quietly: at interpreter exit Ray may already be down)."""
-    for actor in actors:
-        try:
-            ray.kill(actor)
-        except Exception:  # noqa: BLE001 - best effort at shutdown
-            pass
-
-
 @registry.ENGINES.register("ray_actors")
 class RayEngine:
     """The inner ``engine`` (with ``engine_kwargs``) in ``workers`` Ray actors (``cluster``: a ``RayConfig``;
@@ -88,7 +79,7 @@ class RayEngine:
         self.workers = [remote.options(**actor_options(cfg, "rollout", i, n)).remote(
             model_ref, ctx.tokenizer, ctx.model_path, ctx.dtype, engine, dict(engine_kwargs or {}), threads, device)
             for i in range(n)]
-        weakref.finalize(self, _kill, ray, list(self.workers))
+        weakref.finalize(self, kill_actors, ray, list(self.workers))
         self.pad_id = ray.get(self.workers[0].pad_id.remote())
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams, seed: int) -> RolloutBatch:

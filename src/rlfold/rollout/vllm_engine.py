@@ -32,7 +32,7 @@ from rlfold.core import registry
 from rlfold.core.errors import ConfigError, DataError
 from rlfold.models.loading import resolve_model_path
 from rlfold.rollout.assemble import batch_from_rows
-from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request
+from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request, pad_id_of
 from rlfold.rollout.sampling import SamplingParams
 from rlfold.rollout.vllm_common import (LOGPROBS_MODE, dtype_name, import_vllm, row_output, row_seed,
                                         sampling_kwargs)
@@ -90,10 +90,7 @@ class VLLMEngine:
                               "weights are prepacked at load time); use sync=rebuild (what auto picks on CPU)")
         self.sync_mode = ("rebuild" if self.on_cpu else "in_place") if sync == "auto" else sync
         self.tokenizer = ctx.tokenizer
-        pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
-        if pad is None:
-            raise ConfigError("vllm engine: the tokenizer has neither a pad_token nor an eos_token to pad with")
-        self.pad_id = int(pad)
+        self.pad_id = pad_id_of(ctx.tokenizer, "vllm engine")
         self.shares_weights = False
         self.model_path = str(resolve_model_path(ctx.model_path))
         self.sleep_level = 0 if self.on_cpu else int(sleep_level)

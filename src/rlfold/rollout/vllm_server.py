@@ -38,7 +38,7 @@ from rlfold.core import registry
 from rlfold.core.errors import ConfigError, DataError
 from rlfold.models.loading import resolve_model_path
 from rlfold.rollout.assemble import batch_from_rows
-from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request
+from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request, pad_id_of
 from rlfold.rollout.sampling import SamplingParams
 from rlfold.rollout.vllm_common import LOGPROBS_MODE, dtype_name, import_vllm, row_output, row_seed, sampling_kwargs
 from rlfold.rollout.weight_sync import CheckpointWriter, WeightSync, specs_of
@@ -140,10 +140,7 @@ class VLLMServerEngine:
         if concurrency < 1:
             raise ConfigError(f"vllm_server engine: concurrency must be >= 1, got {concurrency}")
         self.tokenizer = ctx.tokenizer
-        pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
-        if pad is None:
-            raise ConfigError("vllm_server engine: the tokenizer has neither a pad_token nor an eos_token")
-        self.pad_id = int(pad)
+        self.pad_id = pad_id_of(ctx.tokenizer, "vllm_server engine")
         self.shares_weights = False
         self.model_path = str(resolve_model_path(ctx.model_path))
         self.concurrency, self.request_timeout_s, self.startup_timeout_s = concurrency, request_timeout_s, startup_timeout_s

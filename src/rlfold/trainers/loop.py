@@ -137,6 +137,13 @@ class RunLoop:
             return (f"the previous good checkpoint is {good.name}: continue from it with --resume {run_dir} "
                     f"--from-checkpoint {good.name}")
 
+        def verified(path: Path, damaged: str) -> Path:
+            """``path`` if its manifest verifies, else a ConfigError: ``damaged``, the problems, the previous good one."""
+            problems = ckpt.verify_checkpoint(path)
+            if problems:
+                raise ConfigError(f"{damaged}: {'; '.join(problems)}; {previous_good(path.name)}")
+            return path
+
         if from_checkpoint is not None:
             name = str(from_checkpoint).strip()
             if name.isdigit():
@@ -145,21 +152,14 @@ class RunLoop:
             if not ckpt.STEP_RE.fullmatch(name) or not (root / name).is_dir():
                 raise ConfigError(f"{where} --from-checkpoint {from_checkpoint}: no such checkpoint in {root} "
                                   f"(it holds: {have})")
-            problems = ckpt.verify_checkpoint(root / name)
-            if problems:
-                raise ConfigError(f"{where} --from-checkpoint {from_checkpoint}: checkpoint {name} is damaged: "
-                                  f"{'; '.join(problems)}; {previous_good(name)}")
-            return root / name
+            return verified(root / name, f"{where} --from-checkpoint {from_checkpoint}: checkpoint {name} is damaged")
         pointer = ckpt.read_latest(run_dir)
         if pointer is None:
             found = ckpt.checkpoints(run_dir)
             if not found:
                 return None
-            newest = found[-1]
-            problems = ckpt.verify_checkpoint(newest)
-            if problems:
-                raise ConfigError(f"{where}: {root / ckpt.LATEST} is missing, and the newest checkpoint "
-                                  f"{newest.name} is damaged: {'; '.join(problems)}; {previous_good(newest.name)}")
+            newest = verified(found[-1], f"{where}: {root / ckpt.LATEST} is missing, and the newest checkpoint "
+                                         f"{found[-1].name} is damaged")
             # killed between renaming the first checkpoint into place and writing the pointer to it
             _note(f"{root / ckpt.LATEST} is missing; continuing from the newest checkpoint, {newest.name} "
                   "(verified)")
@@ -167,11 +167,7 @@ class RunLoop:
         if not ckpt.STEP_RE.fullmatch(pointer) or not (root / pointer).is_dir():
             raise ConfigError(f"{where}: {root / ckpt.LATEST} names {pointer!r}, which does not exist (a dangling "
                               f"pointer); {previous_good(pointer)}")
-        problems = ckpt.verify_checkpoint(root / pointer)
-        if problems:
-            raise ConfigError(f"{where}: the latest checkpoint {pointer} is damaged: {'; '.join(problems)}; "
-                              f"{previous_good(pointer)}")
-        return root / pointer
+        return verified(root / pointer, f"{where}: the latest checkpoint {pointer} is damaged")
 
     def restore(self, from_checkpoint: str | None = None) -> None:
         """Continue from the latest checkpoint (or ``from_checkpoint``), verified first, dropping later log rows.
