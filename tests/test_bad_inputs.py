@@ -463,6 +463,11 @@ CASES: list[Case] = [
     Case("part-sampler", train("train.sampler.name=unifrom"), 2, ["train.sampler.name", "unifrom"]),
     Case("part-environment", train("rollout.env={name: multi_attemp}"), 2, ["rollout.env.name", "multi_attemp"]),
     Case("part-engine", train("rollout.engine=vlm"), 2, ["rollout.engine", "vlm", "vllm"]),
+    # data parallelism: a strategy outside torchrun, a typo, --nproc without a parallel strategy or below 1
+    Case("strategy-without-torchrun", train("train.strategy=ddp"), 2, ["train.strategy=ddp", "torchrun"]),
+    Case("strategy-unknown", train("train.strategy=dpp"), 2, ["train.strategy", "dpp"]),
+    Case("nproc-single-strategy", [*train(), "--nproc", "2"], 2, ["--nproc 2", "train.strategy=ddp"]),
+    Case("nproc-zero", [*train("train.strategy=ddp"), "--nproc", "0"], 2, ["--nproc 0"]),
     # vLLM is not part of the default install: asking for it names the extra (the vLLM test command
     # installs vLLM and runs only the vllm-marked tests, so this case never meets an installed vLLM)
     Case("engine-vllm-not-installed", train("rollout.engine=vllm"), 2, ["rollout.engine=vllm", "rlfold[vllm]"]),
