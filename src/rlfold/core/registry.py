@@ -129,3 +129,4 @@ ENVIRONMENTS: Registry = Registry("environment")
 TRAINERS: Registry = Registry("trainer")
 TRACKERS: Registry = Registry("experiment tracker")
 COLLECTORS: Registry = Registry("rollout collector")  # rollout.async_mode: sync, one_step, bounded
+PREFERENCE_LOSSES: Registry = Registry("preference loss")  # preference.loss: dpo, ipo, kto, lipo_lambda, ...
