@@ -11,8 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from rlfold.core.registry import (
     ADVANTAGES, AGGREGATIONS, COLLECTORS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES,
-    REWARDS, SAMPLERS, SELECTIONS, SHAPINGS, TASKS, TRACKERS, TRAINERS, needed_inputs,
+    PREFERENCE_LOSSES, REWARDS, SAMPLERS, SELECTIONS, SHAPINGS, TASKS, TRACKERS, TRAINERS, needed_inputs,
 )
+from rlfold.core.config_preference import PreferenceConfig
+from rlfold.core.config_reward_modeling import RewardModelingConfig
 from rlfold.core.options import is_group_relative, literal_choices
 from rlfold.core.suggest import closest
 
@@ -356,7 +358,8 @@ class RunConfig(_Strict):
     """A full run: model, task, rewards, rollout, algorithm parts, optimisation, logging."""
 
     name: str = Field("run", description="run name (the default run directory starts with it)")
-    trainer: str = Field("online", description="registered trainer step the run loop calls (online RL)")
+    trainer: str = Field("online", description="registered trainer step the run loop calls: online (RL), "
+                                               "preference (DPO family), reward_modeling (Bradley-Terry)")
     imports: list[str] = Field(
         default_factory=list,
         description="Python modules or .py files imported before validation, to register custom parts",
@@ -394,6 +397,11 @@ class RunConfig(_Strict):
                                                                      "length limit")
     ray: Optional[RayConfig] = Field(None, description="run rollout and reward workers as Ray actors (None: "
                                                        "everything in this process)")
+    preference: PreferenceConfig = Field(
+        default_factory=PreferenceConfig, description="offline preference optimisation (trainer: preference) and the "
+                                                      "preference dataset of trainer: reward_modeling")
+    reward_modeling: RewardModelingConfig = Field(
+        default_factory=RewardModelingConfig, description="the reward-model objective (trainer: reward_modeling)")
 
     @model_validator(mode="after")
     def _check_parts(self) -> "RunConfig":
@@ -409,6 +417,7 @@ class RunConfig(_Strict):
             (("algo", "loss_agg"), self.algo.loss_agg, AGGREGATIONS),
             (("algo", "kl_estimator"), self.algo.kl_estimator, KL_ESTIMATORS),
             (("accuracy_reward",), self.accuracy_reward, REWARDS),
+            (("preference", "loss"), self.preference.loss, PREFERENCE_LOSSES),
         ] + [(("rewards", i, "name"), r.name, REWARDS) for i, r in enumerate(self.rewards)] \
           + [(("algo", "selection", i, "name"), s.name, SELECTIONS) for i, s in enumerate(self.algo.selection)] \
           + [(("shaping", i, "name"), s.name, SHAPINGS) for i, s in enumerate(self.shaping)] \
@@ -457,6 +466,16 @@ class RunConfig(_Strict):
         for i, spec in enumerate(self.rewards):
             _check_kwargs(("rewards", i, "kwargs"), "reward function", spec.name, REWARDS.get(spec.name),
                           spec.kwargs, n_positional=3)
+        pref = self.preference
+        _check_kwargs(("preference", "loss_kwargs"), "preference loss", pref.loss, PREFERENCE_LOSSES.get(pref.loss),
+                      pref.loss_kwargs, n_positional=1, reserved=("beta",))
+        if pref.logp_reduction == "mean" and getattr(PREFERENCE_LOSSES.get(pref.loss), "reads_lengths", False):
+            raise LocatedValueError(("preference", "logp_reduction"), (
+                f"preference loss {pref.loss!r} normalises by the completion lengths itself and needs summed "
+                "log-probs; preference.logp_reduction=mean would divide twice. Set preference.logp_reduction=sum"))
+        if "beta" in pref.loss_kwargs:
+            raise LocatedValueError(("preference", "loss_kwargs", "beta"), "beta is set by preference.beta; set it "
+                                                                            "there, not in preference.loss_kwargs")
         self._check_signal()
         return self
 

@@ -1,4 +1,6 @@
-"""Trainers: the shared run loop and the steps it runs (``TRAINERS``: online RL); supervised fine-tuning."""
+"""Trainers: the shared run loop and the steps it runs (``TRAINERS``: online RL, offline preference
+optimisation, reward modelling); supervised fine-tuning."""
 
 from rlfold.trainers import online as _online  # noqa: F401  (registers the "online" trainer)
+from rlfold.trainers import preference as _preference  # noqa: F401  (registers the "preference" trainer)
 from rlfold.trainers import trackers as _trackers  # noqa: F401  (registers the experiment trackers)

@@ -19,9 +19,10 @@ reference model). ``spec_of(fn)`` reads the declaration back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Annotated, Callable, Literal, Optional
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from rlfold.core import registry
@@ -69,14 +70,17 @@ class LossSpec:
     kinds: tuple[Kind, ...]
     reference: bool
     needs: tuple[str, ...] = ()
+    lengths: bool = False  # divides by ``lp.lengths`` itself, so it needs summed log-probs
 
 
-def preference_loss(kinds: tuple[Kind, ...] = ("pairs",), reference: bool = True) -> Callable:
-    """Declare the data kinds a loss accepts and whether it reads ``reference``."""
+def preference_loss(kinds: tuple[Kind, ...] = ("pairs",), reference: bool = True, lengths: bool = False) -> Callable:
+    """Declare the data kinds a loss accepts, whether it reads ``reference``, and whether it normalises by
+    ``lp.lengths`` itself (then ``policy`` must hold sums: ``preference.logp_reduction=sum``)."""
 
     def deco(fn: Callable) -> Callable:
         fn.preference_kinds = tuple(kinds)  # type: ignore[attr-defined]
         fn.uses_reference = bool(reference)  # type: ignore[attr-defined]
+        fn.reads_lengths = bool(lengths)  # type: ignore[attr-defined]
         return fn
 
     return deco
@@ -86,9 +90,50 @@ def spec_of(fn: Callable) -> LossSpec:
     """The declaration of ``fn`` (pairs with a reference when it declares nothing)."""
     return LossSpec(kinds=tuple(getattr(fn, "preference_kinds", ("pairs",))),
                     reference=bool(getattr(fn, "uses_reference", True)),
-                    needs=registry.needed_inputs(fn))
+                    needs=registry.needed_inputs(fn), lengths=bool(getattr(fn, "reads_lengths", False)))
 
 
+
+
+# Option domains shared by the losses (checked when a config loads; the losses check again for direct calls).
+Beta = Annotated[float, Field(gt=0)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+FlipRate = Annotated[float, Field(ge=0, lt=0.5)]      # a label-flip rate eps in [0, 1/2)
+SmoothRate = Annotated[float, Field(ge=0, le=0.5)]    # a label-smoothing eps in [0, 1/2]
+
+
+def check_kind(lp: PreferenceLogps, k: int | None, name: str) -> None:
+    """Raise unless ``lp`` holds [B, K] tensors of one shape (K == ``k`` when given)."""
+    shape = tuple(lp.policy.shape)
+    if lp.policy.dim() != 2:
+        raise ValueError(f"{name}: policy log-probs must be [B, K], got shape {shape}")
+    for field, t in (("reference", lp.reference), ("lengths", lp.lengths), ("scores", lp.scores)):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name}: {field} must have the shape of policy {shape}, got {tuple(t.shape)}")
+    if k is not None and shape[1] != k:
+        what = {1: "unpaired examples (K=1)", 2: "pairs (K=2, chosen first)"}.get(k, f"K={k}")
+        raise ValueError(f"{name} takes {what}, got K={shape[1]}")
+
+
+def check_range(name: str, option: str, value: float, low: float, high: float,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise a ValueError naming the loss and option unless ``value`` lies in the stated interval."""
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    if not (ok_low and ok_high):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name}: {option} must be in {interval}, got {value}")
+
+
+def chosen_nll_token_mean(lp: PreferenceLogps) -> Tensor:
+    """[B] the token-mean NLL over all chosen tokens of the batch, the same value for every pair.
+
+    -sum_b log pi(y_w,b) / sum_b |y_w,b| (``policy`` holding sums): TRL's ``sft`` term and the NLL of its
+    CPO and ORPO trainers. It couples the pairs of one batch (its mean over pairs is that batch value).
+    """
+    nll = -lp.policy[:, 0].sum() / lp.lengths[:, 0].sum().clamp(min=1)
+    return nll.expand(lp.policy.shape[0]).clone()
 
 
 def reduce_logps(per_token: Tensor, mask: Tensor, reduction: Literal["sum", "mean"] = "sum") -> Tensor:
@@ -101,4 +146,6 @@ def reduce_logps(per_token: Tensor, mask: Tensor, reduction: Literal["sum", "mea
     raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
-__all__ = ["Kind", "LossSpec", "PREFERENCE_LOSSES", "PreferenceLogps", "preference_loss", "reduce_logps", "spec_of"]
+__all__ = ["Beta", "FlipRate", "Kind", "LossSpec", "NonNegative", "PREFERENCE_LOSSES", "Positive", "PreferenceLogps",
+           "SmoothRate", "check_kind", "check_range", "chosen_nll_token_mean", "preference_loss", "reduce_logps",
+           "spec_of"]
