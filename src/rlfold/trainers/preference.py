@@ -197,8 +197,8 @@ class PreferenceStep:
         return out
 
     def progress(self, m: dict[str, float]) -> dict[str, str]:
-        return {"loss": f"{m['loss']:.3f}", "acc": f"{m['rewards/accuracies']:.2f}",
-                "margin": f"{m['rewards/margins']:.2f}"}
+        keys = (("loss", "loss", 3), ("acc", "rewards/accuracies", 2), ("margin", "rewards/margins", 2))
+        return {name: f"{m[key]:.{digits}f}" for name, key, digits in keys if key in m}
 
     def close(self) -> None:
         """Nothing runs in the background."""
@@ -209,23 +209,13 @@ class PreferenceStep:
         tc = self.cfg.train
         idx = self.sampler.next(tc.prompts_per_step)                                 # 1. draw
         mini = tc.mini_batch_size or len(idx)
-        micro = tc.micro_batch_size or mini
         self.module.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, tuple[float, int]] = {}
         finite, grad_norms = True, []
         for m0 in range(0, len(idx), mini):                                          # 2. update
-            mb = idx[m0 : m0 + mini]
             self.optimizer.zero_grad(set_to_none=True)
-            ok = True
-            for u0 in range(0, len(mb), micro):
-                ub = mb[u0 : u0 + micro]
-                loss, stats = self.micro_loss("train", ub, index)
-                if not bool(torch.isfinite(loss)):
-                    ok = False
-                    break
-                (loss * len(ub) / len(mb)).backward()
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(ub)
+            ok, stats = self.backward(idx[m0 : m0 + mini], index)
+            _add(sums, stats)
             norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, tc.grad_clip)) if ok else math.nan
             if not ok or not math.isfinite(norm):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -235,8 +225,7 @@ class PreferenceStep:
             self.optimizer.step()
             self.scheduler.step()
         refreshed = self.maybe_refresh(index)                                         # 3. refresh
-        n = len(idx)
-        metrics = {k: v / n for k, v in sums.items()}
+        metrics = _means(sums)
         metrics.update({"grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else math.nan,
                         "actor/lr": self.optimizer.param_groups[0]["lr"], "reference/refreshed": float(refreshed),
                         "timing_s/step": time.perf_counter() - t0})
@@ -244,8 +233,22 @@ class PreferenceStep:
             metrics.setdefault("loss", math.nan)
         return StepResult(metrics, finite)
 
-    def micro_loss(self, split: str, indices: list[int], step: int) -> tuple[Tensor, dict[str, float]]:
-        """Mean loss of the examples at ``indices`` of ``split`` and their metrics (floats)."""
+    def backward(self, mini_batch: list[int], step: int) -> tuple[bool, dict[str, tuple[float, int]]]:
+        """Accumulate the gradient of the mini-batch's mean loss, ``train.micro_batch_size`` whole examples per
+        forward; ``(finite, metrics as (sum, count))``."""
+        micro = self.cfg.train.micro_batch_size or len(mini_batch)
+        sums: dict[str, tuple[float, int]] = {}
+        for u0 in range(0, len(mini_batch), micro):
+            ub = mini_batch[u0 : u0 + micro]
+            loss, stats = self.micro_loss("train", ub, step)
+            if not bool(torch.isfinite(loss)):
+                return False, sums
+            (loss * len(ub) / len(mini_batch)).backward()
+            _add(sums, stats)
+        return True, sums
+
+    def micro_loss(self, split: str, indices: list[int], step: int) -> tuple[Tensor, dict[str, tuple[float, int]]]:
+        """Mean loss of the examples at ``indices`` of ``split`` and their metrics as (sum, count)."""
         encoded = [self.encoded[split][i] for i in indices]
         block = token_block(encoded, self.pad_id)
         policy = block_logps(self.module, block)
@@ -260,8 +263,8 @@ class PreferenceStep:
             inputs = provide(self.spec.needs, ctx)
         per_example = self.loss_fn(lp, beta=self.cfg.preference.beta, **self.options, **inputs)
         loss = per_example.mean()
-        stats = self.batch_metrics(lp, block)
-        stats["loss"] = float(loss.detach())
+        stats = self.batch_metrics(lp)
+        stats["loss"] = (float(loss.detach()) * len(indices), len(indices))
         return loss, stats
 
     def logps(self, split: str, indices: list[int], block: TokenBlock, policy: Tensor) -> PreferenceLogps:
@@ -283,8 +286,9 @@ class PreferenceStep:
         c = self.running
         return c["reward_sum"] / c["reward_count"] if c["reward_count"] else 0.0
 
-    def batch_metrics(self, lp: PreferenceLogps, block: TokenBlock) -> dict[str, float]:
-        """TRL's metric names; also updates the running mean of the implicit rewards."""
+    def batch_metrics(self, lp: PreferenceLogps) -> dict[str, tuple[float, int]]:
+        """TRL's metric names as (sum, count) over the examples that define them; also updates the running
+        mean of the implicit rewards."""
         beta = self.cfg.preference.beta
         rewards = (beta * lp.ratios).detach()
         valid = lp.mask()
@@ -293,36 +297,31 @@ class PreferenceStep:
         pol = lp.policy.detach()
         if rewards.shape[1] == 1:  # unpaired: desirable vs undesirable completions
             good = lp.scores[:, 0] > 0.5
-            out = {"rewards/chosen": _mean(rewards[good, 0]), "rewards/rejected": _mean(rewards[~good, 0]),
-                   "logps/chosen": _mean(pol[good, 0]), "logps/rejected": _mean(pol[~good, 0])}
-            out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
-            out["rewards/accuracies"] = float(((rewards[:, 0] > 0) == good).float().mean())
-            return out
-        scores = lp.scores.masked_fill(~valid, -math.inf)
-        best = scores.argmax(1)
+            r, q = rewards[:, 0], pol[:, 0]
+            return {"rewards/chosen": _sc(r[good]), "rewards/rejected": _sc(r[~good]),
+                    "logps/chosen": _sc(q[good]), "logps/rejected": _sc(q[~good]),
+                    "rewards/accuracies": _sc(((r > 0) == good).float())}
+        best = lp.scores.masked_fill(~valid, -math.inf).argmax(1)
         worst = lp.scores.masked_fill(~valid, math.inf).argmin(1)
         rows = torch.arange(len(best))
         rc, rr = rewards[rows, best], rewards[rows, worst]
-        return {"rewards/chosen": float(rc.mean()), "rewards/rejected": float(rr.mean()),
-                "rewards/accuracies": float((rc > rr).float().mean()), "rewards/margins": float((rc - rr).mean()),
-                "logps/chosen": float(pol[rows, best].mean()), "logps/rejected": float(pol[rows, worst].mean())}
+        return {"rewards/chosen": _sc(rc), "rewards/rejected": _sc(rr), "rewards/accuracies": _sc((rc > rr).float()),
+                "rewards/margins": _sc(rc - rr), "logps/chosen": _sc(pol[rows, best]),
+                "logps/rejected": _sc(pol[rows, worst])}
 
     @torch.no_grad()
     def held_out_metrics(self) -> dict[str, float]:
         """Implicit-reward metrics of the held-out examples under the current policy (no update)."""
         n = len(self.encoded["held_out"])
         saved = dict(self.running.values)
-        sums: dict[str, float] = {}
+        sums: dict[str, tuple[float, int]] = {}
         self.module.eval()
         for start in range(0, n, 64):
             ub = list(range(start, min(n, start + 64)))
             block = token_block([self.encoded["held_out"][i] for i in ub], self.pad_id)
-            lp = self.logps("held_out", ub, block, block_logps(self.module, block))
-            for k, v in self.batch_metrics(lp, block).items():
-                if math.isfinite(v):
-                    sums[k] = sums.get(k, 0.0) + v * len(ub)
-        self.running.values.update(saved)
-        return {k: v / n for k, v in sums.items()}
+            _add(sums, self.batch_metrics(self.logps("held_out", ub, block, block_logps(self.module, block))))
+        self.running.values.update(saved)  # held-out rewards do not move BCO's shift
+        return _means(sums)
 
     def maybe_refresh(self, index: int) -> bool:
         """DNO's iteration boundary: the reference becomes the current policy, the cache is recomputed."""
@@ -334,8 +333,23 @@ class PreferenceStep:
         return True
 
 
-def _mean(t: Tensor) -> float:
-    return float(t.mean()) if t.numel() else math.nan
+def _sc(t: Tensor) -> tuple[float, int]:
+    """(sum, count) of a tensor's entries."""
+    return float(t.sum()), int(t.numel())
+
+
+def _add(into: dict[str, tuple[float, int]], more: dict[str, tuple[float, int]]) -> None:
+    for k, (v, c) in more.items():
+        s, n = into.get(k, (0.0, 0))
+        into[k] = (s + v, n + c)
+
+
+def _means(sums: dict[str, tuple[float, int]]) -> dict[str, float]:
+    """The mean of each metric over the examples that define it; margins of unpaired data from the two means."""
+    out = {k: v / c for k, (v, c) in sums.items() if c}
+    if "rewards/margins" not in out and "rewards/chosen" in out and "rewards/rejected" in out:
+        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
+    return out
 
 
 __all__ = ["EpochSampler", "PreferenceStep"]
