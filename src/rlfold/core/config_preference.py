@@ -33,8 +33,9 @@ class PreferenceConfig(_Strict):
                                          "docs/preference.md)")
     loss_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the loss (its "
                                                                           "signature's keywords besides beta)")
-    beta: float = Field(0.1, gt=0, description="the KL-strength beta of the loss (DPO's beta; IPO's tau; SimPO's "
-                                               "beta; CPL's alpha)")
+    beta: Optional[float] = Field(
+        None, gt=0, description="the loss's beta (DPO's KL strength; IPO's tau; SimPO's beta; CPL's alpha); None: the "
+                                "loss's own default from its paper (DPO 0.1, SimPO 2.5, SPPO 0.001, ...)")
     logp_reduction: Literal["sum", "mean"] = Field(
         "sum", description="sequence log-prob the loss sees: the sum over completion tokens (DPO's definition) or "
                            "that sum over the completion length (length-normalised)")

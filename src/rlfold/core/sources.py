@@ -8,7 +8,7 @@ from typing import Any
 
 from rlfold.core.registry import (
     ADVANTAGES, AGGREGATIONS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SAMPLERS,
-    SELECTIONS, SHAPINGS, TASKS, TRAINERS, Registry,
+    PREFERENCE_LOSSES, SELECTIONS, SHAPINGS, TASKS, TRAINERS, Registry,
 )
 
 
@@ -52,13 +52,16 @@ def recipe_parts_with_sources(cfg: Any) -> list[tuple[str, str, str]]:
     named += [("reward", x.name, REWARDS) for x in cfg.rewards]
     if cfg.accuracy_reward not in {x.name for x in cfg.rewards}:
         named.append(("accuracy reward", cfg.accuracy_reward, REWARDS))
-    named += [("shaping", x.name, SHAPINGS) for x in cfg.shaping]
-    named += [("group filter", x.name, GROUP_FILTERS) for x in a.group_filters]
-    named += [("advantage", a.advantage, ADVANTAGES), ("policy loss", a.policy_loss, POLICY_LOSSES),
-              ("aggregation", a.loss_agg, AGGREGATIONS)]
-    if a.kl_coef:
-        named.append(("kl estimator", a.kl_estimator, KL_ESTIMATORS))
-    named += [("selection", x.name, SELECTIONS) for x in a.selection]
+    if cfg.trainer == "preference":  # the offline trainer uses no RL algorithm part, one preference loss
+        named.append(("preference loss", cfg.preference.loss, PREFERENCE_LOSSES))
+    elif cfg.trainer == "online":
+        named += [("shaping", x.name, SHAPINGS) for x in cfg.shaping]
+        named += [("group filter", x.name, GROUP_FILTERS) for x in a.group_filters]
+        named += [("advantage", a.advantage, ADVANTAGES), ("policy loss", a.policy_loss, POLICY_LOSSES),
+                  ("aggregation", a.loss_agg, AGGREGATIONS)]
+        if a.kl_coef:
+            named.append(("kl estimator", a.kl_estimator, KL_ESTIMATORS))
+        named += [("selection", x.name, SELECTIONS) for x in a.selection]
     return [(role, name, source_of(reg.get(name), name)) for role, name, reg in named]
 
 

@@ -28,6 +28,7 @@ rejected the worst; for unpaired data, desirable and undesirable completions.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import time
@@ -48,7 +49,6 @@ from rlfold.rollout import EngineContext
 from rlfold.rollout.build import build_engine
 from rlfold.tasks.chat import for_tokenizer
 from rlfold.tasks.preference_data import PreferenceData, as_kind
-from rlfold.trainers.evaluate import evaluate as greedy_evaluate
 from rlfold.trainers.loop import StepResult
 from rlfold.trainers.online import DTYPES, build_task
 from rlfold.trainers.preference_batch import ReferenceCache, TokenBlock, block_logps, encode_examples, token_block
@@ -118,7 +118,12 @@ class PreferenceStep:
                               "far; set train.strategy=single")
         self.loss_fn = PREFERENCE_LOSSES.get(p.loss)
         self.spec = spec_of(self.loss_fn)
-        self.options = dict(p.loss_kwargs)
+        self.options = dict(p.loss_kwargs) if p.beta is None else {**p.loss_kwargs, "beta": p.beta}
+        declared = inspect.signature(self.loss_fn).parameters.get("beta")
+        if p.beta is not None and declared is None:
+            raise ConfigError(f"preference.beta={p.beta}: preference loss {p.loss!r} takes no beta; unset it")
+        # the implicit reward beta * rho of the metrics (1 for a loss without a beta)
+        self.beta = float(self.options.get("beta", declared.default if declared is not None else 1.0))
         # 1. model
         self.device = resolve_device(cfg.model.device)
         dtype = DTYPES[cfg.model.dtype]
@@ -181,17 +186,23 @@ class PreferenceStep:
         return {**metrics, **self.evaluate()}
 
     def evaluate(self) -> dict[str, float]:
+        """Win rates against the reference policy (temperature 1 and greedy), greedy accuracy and length on the
+        task's held-out prompts; implicit-reward metrics of the held-out preference examples."""
         ec, name = self.cfg.eval, self.task.name
         prompts = self.task.held_out[: ec.size]
         max_new = ec.max_new_tokens or self.cfg.rollout.max_new_tokens
         seed = derive_seed(self.cfg.seed, "win_rate")
-        scores = sample_scores(self.engine, prompts, self.rewards, self.cfg.preference.win_rate_samples, max_new, seed)
+        sampled = sample_scores(self.engine, prompts, self.rewards, self.cfg.preference.win_rate_samples, max_new,
+                                seed)
+        greedy = sample_scores(self.engine, prompts, self.rewards, 1, max_new, seed, temperature=0.0,
+                               accuracy=self.cfg.accuracy_reward)
         if self.running["reference_scores"] is None:  # the first evaluation sees the initial policy: the reference
-            self.running["reference_scores"] = scores
-        out = {f"val/{name}/{k}": v for k, v in win_rate(scores, self.running["reference_scores"]).items()}
-        greedy = greedy_evaluate(self.engine, prompts, reward=self.cfg.accuracy_reward, k=ec.pass_k,
-                                 max_new_tokens=max_new, seed=self.cfg.seed + 7)
-        out.update({f"val/{name}/{k}": v for k, v in greedy.items()})
+            self.running["reference_scores"] = {"sampled": sampled["score"], "greedy": greedy["score"]}
+        ref = self.running["reference_scores"]
+        out = {f"val/{name}/{k}": v for k, v in win_rate(sampled["score"], ref["sampled"]).items()}
+        out[f"val/{name}/win_rate_greedy"] = win_rate(greedy["score"], ref["greedy"])["win_rate"]
+        out[f"val/{name}/acc"] = float(greedy["accuracy"].mean())
+        out[f"val/{name}/length"] = float(greedy["length"].mean())
         if self.encoded["held_out"]:
             out.update({f"val/pref/{k}": v for k, v in self.held_out_metrics().items()})
         return out
@@ -261,7 +272,7 @@ class PreferenceStep:
                                     pad_id=self.pad_id, tokenizer=self.tokenizer, config=self.cfg,
                                     state={"reward_mean": self.reward_mean()})
             inputs = provide(self.spec.needs, ctx)
-        per_example = self.loss_fn(lp, beta=self.cfg.preference.beta, **self.options, **inputs)
+        per_example = self.loss_fn(lp, **self.options, **inputs)
         loss = per_example.mean()
         stats = self.batch_metrics(lp)
         stats["loss"] = (float(loss.detach()) * len(indices), len(indices))
@@ -289,8 +300,7 @@ class PreferenceStep:
     def batch_metrics(self, lp: PreferenceLogps) -> dict[str, tuple[float, int]]:
         """TRL's metric names as (sum, count) over the examples that define them; also updates the running
         mean of the implicit rewards."""
-        beta = self.cfg.preference.beta
-        rewards = (beta * lp.ratios).detach()
+        rewards = (self.beta * lp.ratios).detach()
         valid = lp.mask()
         self.running["reward_sum"] = self.running["reward_sum"] + float(rewards[valid].sum())
         self.running["reward_count"] = self.running["reward_count"] + int(valid.sum())
