@@ -467,15 +467,15 @@ class RunConfig(_Strict):
             _check_kwargs(("rewards", i, "kwargs"), "reward function", spec.name, REWARDS.get(spec.name),
                           spec.kwargs, n_positional=3)
         pref = self.preference
+        if "beta" in pref.loss_kwargs:
+            raise LocatedValueError(("preference", "loss_kwargs", "beta"), "beta is set by preference.beta; set it "
+                                                                            "there, not in preference.loss_kwargs")
         _check_kwargs(("preference", "loss_kwargs"), "preference loss", pref.loss, PREFERENCE_LOSSES.get(pref.loss),
                       pref.loss_kwargs, n_positional=1, reserved=("beta",))
         if pref.logp_reduction == "mean" and getattr(PREFERENCE_LOSSES.get(pref.loss), "reads_lengths", False):
             raise LocatedValueError(("preference", "logp_reduction"), (
                 f"preference loss {pref.loss!r} normalises by the completion lengths itself and needs summed "
                 "log-probs; preference.logp_reduction=mean would divide twice. Set preference.logp_reduction=sum"))
-        if "beta" in pref.loss_kwargs:
-            raise LocatedValueError(("preference", "loss_kwargs", "beta"), "beta is set by preference.beta; set it "
-                                                                            "there, not in preference.loss_kwargs")
         self._check_signal()
         return self
 

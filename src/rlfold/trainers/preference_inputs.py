@@ -8,6 +8,8 @@ registers a provider beside it (here or from a user's ``imports`` module); the s
 - ``online``: a ``PreferenceLogps`` of ``preference.online_samples`` fresh policy samples per prompt
   (policy log-probs with gradient, reference log-probs without): HyPO's on-policy KL term.
 - ``reward_shift``: BCO's running mean delta of the implicit rewards (a 0-dim tensor the step keeps).
+- ``token_logits``: the policy's logits at the response positions (with gradient), for token-level
+  objectives such as CE-U.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 from torch import Tensor
 
 from rlfold.algos.preference import PreferenceLogps
+from rlfold.algos.preference.unpaired import TokenLogits
+from rlfold.core.masked import positions_from_mask
 from rlfold.core.registry import Registry
 from rlfold.core.seeding import derive_seed
 from rlfold.rollout import SamplingParams, requests_for
@@ -81,6 +85,20 @@ def _online_samples(ctx: PreferenceContext) -> PreferenceLogps:
     with torch.no_grad():
         ref = ctx.reference(block)
     return PreferenceLogps(policy=policy, reference=ref, lengths=block.lengths, scores=block.scores)
+
+
+@PREFERENCE_INPUTS.register("token_logits")
+def _token_logits(ctx: PreferenceContext) -> TokenLogits:
+    """The policy's logits at the response positions of the micro-batch's (single) responses, with gradient."""
+    block = token_block(ctx.examples, ctx.pad_id)
+    ids = torch.cat([block.prompt_ids, block.response_ids], dim=1)
+    mask = torch.cat([block.prompt_mask, block.response_mask], dim=1)
+    device = next(ctx.module.parameters()).device
+    out = ctx.module(input_ids=ids.to(device), attention_mask=mask.to(device),
+                     position_ids=positions_from_mask(mask).to(device), use_cache=False)
+    p, r = block.prompt_ids.shape[1], block.response_ids.shape[1]
+    return TokenLogits(logits=out.logits[:, p - 1 : p + r - 1].float(), labels=block.response_ids.to(device),
+                       mask=block.response_mask.to(device))
 
 
 @PREFERENCE_INPUTS.register("reward_shift")

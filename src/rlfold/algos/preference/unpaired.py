@@ -8,7 +8,8 @@ Registered (kinds ``("unpaired",)``):
 
 - ``kto`` [TRL ``KTOTrainer`` ``kto``];
 - ``apo_zero_unpaired`` [TRL ``KTOTrainer`` ``apo_zero_unpaired``];
-- ``bco`` [TRL <= 0.28 ``BCOTrainer``, removed from TRL 1.16].
+- ``bco`` [TRL <= 0.28 ``BCOTrainer``, removed from TRL 1.16];
+- ``ce_u`` (CE-U unlearning of the undesirable completions; not in TRL).
 
 Inputs beyond ``lp`` (declared with ``@needs``, passed as keywords):
 
@@ -19,11 +20,14 @@ Inputs beyond ``lp`` (declared with ``@needs``, passed as keywords):
   the same must all-reduce before calling). A fixed ``z0`` option replaces it.
 - ``reward_shift`` (``bco``): a scalar tensor delta, the running mean of the implicit rewards beta * rho
   that the trainer keeps across steps (state, so not this pure function's); it is used detached.
+- ``token_logits`` (``ce_u``): a ``TokenLogits`` of the policy's logits [B, T, V] (with gradient) at the
+  response positions, the response token ids and the response mask.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import torch
@@ -34,6 +38,7 @@ from torch import Tensor
 from rlfold.algos.preference.base import (
     PREFERENCE_LOSSES, Beta, Positive, PreferenceLogps, check_kind, check_range, preference_loss,
 )
+from rlfold.algos.preference.token_level import ce_u_loss
 from rlfold.core.registry import needs
 
 
@@ -95,4 +100,39 @@ def bco(lp: PreferenceLogps, *, beta: Beta = 0.01, reward_shift: Tensor) -> Tens
     return torch.where(desirable, -F.logsigmoid(u), -F.logsigmoid(-u))
 
 
-__all__ = ["apo_zero_unpaired", "bco", "kto"]
+@dataclass
+class TokenLogits:
+    """The policy's logits at each response position, with the targets and the response mask (K = 1)."""
+
+    logits: Tensor   # [B, T, V], with gradient
+    labels: Tensor   # [B, T] the response token ids
+    mask: Tensor     # [B, T] 1 on response tokens
+
+
+@PREFERENCE_LOSSES.register("ce_u")
+@preference_loss(kinds=("unpaired",), reference=False)
+@needs("token_logits")
+def ce_u(lp: PreferenceLogps, *, retain_weight: NonNegative = 1.0,
+         ignore_first_n: Annotated[int, Field(ge=0)] = 1, token_logits: TokenLogits) -> Tensor:
+    """CE-U (Yang 2025, arXiv 2503.01224): unlearn undesirable completions with CE-U, keep desirable ones by NLL.
+
+    An undesirable (label 0) completion gets the token-mean CE-U loss (``token_level.ce_u_loss``: cross-entropy
+    towards the model's own detached distribution with the true token removed), the first
+    ``ignore_first_n`` tokens ignored as in the open-unlearning implementation. CHOICE: the paper trains
+    on a forget set alone; a desirable (label 1) completion here is the retain set, with its token-mean
+    NLL times ``retain_weight`` (0: forget only). Reference-free.
+    """
+    _, desirable = _unpaired(lp, "ce_u")
+    z, y, m = token_logits.logits, token_logits.labels, token_logits.mask
+    out = []
+    for i in range(z.shape[0]):
+        if bool(desirable[i]):
+            logp = torch.log_softmax(z[i], dim=-1).gather(-1, y[i].long().unsqueeze(-1)).squeeze(-1)
+            k = m[i].to(logp.dtype)
+            out.append(retain_weight * -(logp * k).sum() / k.sum().clamp(min=1))
+        else:
+            out.append(ce_u_loss(z[i : i + 1], y[i : i + 1], m[i : i + 1], ignore_first_n))
+    return torch.stack(out)
+
+
+__all__ = ["TokenLogits", "apo_zero_unpaired", "bco", "ce_u", "kto"]
