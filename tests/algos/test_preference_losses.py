@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from rlfold.algos.preference import PREFERENCE_LOSSES, PreferenceLogps, spec_of
 from rlfold.algos.preference import pairwise, token_level as token
+from rlfold.algos.preference.unpaired import TokenLogits
 from rlfold.algos.preference.listwise import current_ranks, lambda_weights
 from rlfold.algos.preference.rso import rso_accept, rso_acceptance_probs
 
@@ -517,6 +518,10 @@ def _needed(name: str, lp: PreferenceLogps, g: torch.Generator) -> dict:
             out["kl"] = torch.randn(lp.policy.shape[0], generator=g, dtype=D)
         elif need == "reward_shift":
             out["reward_shift"] = T(0.03)
+        elif need == "token_logits":  # token-level losses: the policy's logits at 6 response positions
+            b = lp.policy.shape[0]
+            out["token_logits"] = TokenLogits(torch.randn(b, 6, 7, generator=g, dtype=D).requires_grad_(True),
+                                              torch.randint(0, 7, (b, 6), generator=g), torch.ones(b, 6, dtype=D))
         elif need == "online":
             pol = -torch.rand(3, 4, generator=g, dtype=D) * 5
             out["online"] = PreferenceLogps(policy=pol.requires_grad_(True), reference=pol.detach() + 0.1,
@@ -542,7 +547,9 @@ def test_every_loss_shape_finite_and_declared(name):
         assert out.shape == (5,), (name, kind)
         assert bool(torch.isfinite(out).all()), (name, kind)
         out.mean().backward()
-        assert lp.policy.grad is not None and bool(torch.isfinite(lp.policy.grad).all())
+        # a token-level loss differentiates the logits, a sequence-level one the sequence log-probs
+        leaf = extra["token_logits"].logits if "token_logits" in extra else lp.policy
+        assert leaf.grad is not None and bool(torch.isfinite(leaf.grad).all())
         if not spec.reference:  # reference-free: the reference changes nothing
             moved = PreferenceLogps(policy=lp.policy.detach(), reference=lp.reference + 3.0, lengths=lp.lengths,
                                     scores=lp.scores, valid=lp.valid)
@@ -559,7 +566,8 @@ def test_every_loss_docstring_cites_a_paper_and_signature_is_declarative(name):
     assert params[0].name == "lp"
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:]), name
     assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    assert "beta" in [p.name for p in params]
+    if "token_logits" not in spec_of(fn).needs:  # sequence-level losses scale the log-ratios by beta
+        assert "beta" in [p.name for p in params]
     needs = set(spec_of(fn).needs)
     for p in params[1:]:
         assert p.annotation is not inspect.Parameter.empty, (name, p.name)
