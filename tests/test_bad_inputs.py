@@ -628,6 +628,66 @@ CASES: list[Case] = [
     # --- interrupted runs (real processes)
     Case("sigint-checkpoints-and-resumes", _sigint, 130, ["{run}", "--resume"], check=_sigint_check),
     Case("sigkill-then-resume", _sigkill_then_resume, 0, [], check=lambda c, r: _steps_once(c, r, 6)),
+    # --- reward models (trainer: reward_modeling) and `rlfold data`
+    Case("rm-strength-without-ensemble", train("trainer=reward_modeling", "reward_modeling.flip_fraction=0.2"), 2,
+         ["reward_modeling.flip_fraction", "reward_modeling.ensemble"]),
+    Case("rm-label-smoothing-range", train("trainer=reward_modeling", "reward_modeling.label_smoothing=0.7"), 2,
+         ["reward_modeling.label_smoothing", "0.7"]),
+    Case("rm-unpaired-data",
+         data_case("preference.train_file", "".join(f'{{"prompt": "{i}+1=", "completion": "{i + 1}", "label": true}}\n'
+                                                    for i in range(3)), extra=("trainer=reward_modeling",)), 2,
+         ["{tmp}/data.jsonl", "pairs or ranked lists"]),
+    Case("rm-chosen-equals-rejected",
+         data_case("preference.train_file", '{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n'
+                                            '{"prompt": "2+2=", "chosen": "4", "rejected": "4"}\n',
+                   extra=("trainer=reward_modeling",)), 2, ["{tmp}/data.jsonl:2", "'chosen' equals 'rejected'"]),
+    Case("rm-lora-refused", train("trainer=reward_modeling", "model.lora={r: 4}"), 2, ["model.lora"]),
+    Case("data-audit-missing-file", ["data", "audit", "{tmp}/none.jsonl"], 2, ["{tmp}/none.jsonl"]),
+    Case("data-audit-bad-row",
+         lambda c: ["data", "audit", str(write(c, "pairs.jsonl", '{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n'
+                                                                 '{"prompt": "2+2=", "chosen": "4"}\n'))], 2,
+         ["{tmp}/pairs.jsonl:2", "'rejected'"]),
+    Case("data-synth-flip-needs-pairs", ["data", "synth", "--out", "{tmp}/s.jsonl", "--kind", "lists", "--flip", "0.2"],
+         2, ["--flip", "--kind pairs"]),
+    # --- preference optimisation (trainer: preference)
+    Case("pref-loss-typo", train("trainer=preference", "preference.loss=dpoo"), 2, ["preference.loss", "'dpo'"]),
+    Case("pref-loss-option-typo", train("trainer=preference", "preference.loss=cdpo", "preference.loss_kwargs={epss: 0.1}"),
+         2, ["preference.loss_kwargs.epss", "'eps'"]),
+    Case("pref-loss-option-range", train("trainer=preference", "preference.loss=cdpo", "preference.loss_kwargs={eps: 0.7}"),
+         2, ["preference.loss_kwargs.eps", "0.7"]),
+    Case("pref-beta-in-kwargs", train("trainer=preference", "preference.loss_kwargs={beta: 0.5}"), 2,
+         ["preference.beta"]),
+    Case("pref-mean-reduction-with-simpo", train("trainer=preference", "preference.loss=simpo",
+                                                 "preference.logp_reduction=mean"), 2,
+         ["preference.logp_reduction", "sum"]),
+    Case("pref-missing-file", train("trainer=preference", "preference.train_file={tmp}/none.jsonl"), 2,
+         ["{tmp}/none.jsonl", "does not exist"]),
+    Case("pref-missing-field",
+         data_case("preference.train_file", '{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n'
+                                            '{"prompt": "2+2=", "chosen": "4"}\n', extra=("trainer=preference",)), 2,
+         ["{tmp}/data.jsonl:2", "'rejected'"]),
+    Case("pref-chosen-equals-rejected",
+         data_case("preference.train_file", '{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n'
+                                            '{"prompt": "2+2=", "chosen": "4", "rejected": "4"}\n',
+                   extra=("trainer=preference",)), 2, ["{tmp}/data.jsonl:2", "equals", "bad_rows=skip"]),
+    Case("pref-empty-completion",
+         data_case("preference.train_file", '{"prompt": "1+1=", "chosen": "", "rejected": "3"}\n',
+                   extra=("trainer=preference",)), 2, ["{tmp}/data.jsonl:1", "empty completion"]),
+    Case("pref-list-with-one-item",
+         data_case("preference.train_file", '{"prompt": "1+1=", "responses": ["2"], "scores": [1]}\n',
+                   extra=("trainer=preference", "preference.loss=lipo_lambda")), 2,
+         ["{tmp}/data.jsonl:1", "at least 2 responses"]),
+    Case("pref-longer-than-context",
+         data_case("preference.train_file", '{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n'
+                                            '{"prompt": "123456789+123456789=", "chosen": "246913578", "rejected": "1"}\n',
+                   extra=("trainer=preference", "preference.max_length=12", "preference.held_out_fraction=0")), 2,
+         ["{tmp}/data.jsonl:2", "longer than the model's context of 12"]),
+    Case("pref-unpaired-data-for-a-pair-loss",
+         data_case("preference.train_file", '{"prompt": "1+1=", "completion": "2", "label": true}\n'
+                                            '{"prompt": "2+2=", "completion": "5", "label": false}\n',
+                   extra=("trainer=preference", "preference.loss=dpo")), 2,
+         ["preference.loss=dpo", "unpaired"]),
+    Case("pref-several-processes", train("trainer=preference", "train.strategy=ddp"), 2, ["train.strategy"]),
 ]
 
 assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"

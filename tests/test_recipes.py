@@ -17,12 +17,38 @@ def test_the_issue_s_recipes_are_shipped():
     assert set(REQUIRED) <= set(RECIPES)
 
 
+# The metrics every step of a trainer logs (the online trainer's unless listed).
+STEP_KEYS = {"online": ("reward/mean", "acc/mean", "actor/pg_loss", "actor/grad_norm", "timing_s/step"),
+             "reward_modeling": ("rm/loss", "rm/accuracy", "rm/grad_norm", "timing_s/step"),
+             "preference": ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                            "logps/chosen", "logps/rejected", "grad_norm", "timing_s/step")}
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    """An (untrained) reward model directory for recipes whose rewards read one (the user passes theirs)."""
+    from rlfold.models import load_model_and_tokenizer
+    from rlfold.trainers.reward_modeling import build_reward_model
+
+    d = tmp_path_factory.mktemp("rm") / "final"
+    _, tok = load_model_and_tokenizer("tiny-arith")
+    build_reward_model("tiny-arith", tok).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def _reward_model_paths(recipe: str, rm_dir) -> list[str]:
+    spec = yaml.safe_load((RECIPES_DIR / f"{recipe}.yaml").read_text())
+    return [f"rewards.{i}.kwargs.path={rm_dir}" for i, r in enumerate(spec.get("rewards") or [])
+            if r.get("name") == "reward_model"]
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_runs_five_steps_through_the_cli(recipe, tmp_path, capsys):
+def test_recipe_runs_five_steps_through_the_cli(recipe, tmp_path, capsys, reward_model_dir):
     run_dir = tmp_path / "run"
     rc = main(["train", recipe, f"run_dir={run_dir}", "train.steps=5", "train.prompts_per_step=4",
                "eval.size=16", "eval.every=0", "checkpoint.every=0", "log.progress=false", "critic.pretrain_steps=0"
-               if recipe != "vc_ppo" else "critic.pretrain_steps=1"])
+               if recipe != "vc_ppo" else "critic.pretrain_steps=1", *_reward_model_paths(recipe, reward_model_dir)])
     assert rc == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["step"] > 0]
@@ -32,10 +58,11 @@ def test_recipe_runs_five_steps_through_the_cli(recipe, tmp_path, capsys):
                and k != "critic/vf_explained_var"}  # NaN when every return of a batch is equal
         assert not bad, (recipe, r["step"], bad)
         assert r["nonfinite_steps"] == 0
-        for key in ("reward/mean", "acc/mean", "actor/pg_loss", "actor/grad_norm", "timing_s/step"):
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for r in steps:
+        for key in STEP_KEYS.get(cfg["trainer"], STEP_KEYS["online"]):
             assert key in r, (recipe, key)
     assert (run_dir / "final" / "model.safetensors").is_file()
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     if cfg["algo"]["advantage"] == "gae":
         assert "critic/value_loss" in steps[-1]
     if recipe == "vc_ppo":

@@ -1,4 +1,4 @@
-"""Command line: ``rlfold demo | train | eval | recipes | plot | report | compare``."""
+"""Command line: ``rlfold demo | train | eval | recipes | plot | report | compare | data``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import difflib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rlfold.core.errors import RlfoldError
 
@@ -170,6 +171,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipe_columns(cfg) -> tuple[str, str, str, str]:
+    """``rlfold recipes``' advantage, loss, aggregation and other-parts cells of a recipe (by its trainer)."""
+    if cfg.trainer == "online":
+        a = cfg.algo
+        return a.advantage, a.policy_loss, a.loss_agg, "; ".join(recipe_parts(cfg)) or "-"
+    other = [f"trainer {cfg.trainer}"]
+    if cfg.trainer != "preference":
+        return "-", "-", "-", "; ".join(other)
+    p = cfg.preference
+    loss = p.loss + (f" (beta {p.beta:g})" if p.beta is not None else "")
+    if p.train_file is None:
+        sel = "" if p.synthetic.selection == "best_worst" else f", {p.synthetic.selection.replace('_', ' ')}"
+        other.append(f"synthetic {p.kind if p.kind != 'auto' else 'pairs'}{sel}")
+    if p.reference_update_every:
+        other.append(f"reference refreshed every {p.reference_update_every} steps")
+    return "-", loss, "-", "; ".join(other)
+
+
 def recipe_parts(cfg) -> list[str]:
     """The parts a recipe uses beyond advantage / policy loss / aggregation, in words."""
     a = cfg.algo
@@ -232,8 +251,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     for path in paths:
         paper = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("paper", "")
         cfg = load_config(path, [])
-        a = cfg.algo
-        table.add_row(path.stem, paper, a.advantage, a.policy_loss, a.loss_agg, "; ".join(recipe_parts(cfg)) or "-")
+        table.add_row(path.stem, paper, *recipe_columns(cfg))
     Console(width=max(Console().width, 160)).print(table)
     return 0
 
@@ -272,6 +290,145 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     print(compare_runs(args.run_dirs, args.metric, args.out))
     return 0
+
+
+# ----- rlfold data: synthetic preference datasets and their audit ------------------------------------
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    """``rlfold data synth --out FILE``: a synthetic preference dataset (JSONL) sampled from a model, scored by
+    the task's ground-truth rewards, with a ``flipped`` column (``--flip``: planted label flips)."""
+    import json
+
+    from rlfold.core.config_loader import load_config
+
+    for flag, value, low in (("--samples", args.samples, 2), ("--prompts", args.prompts, 0),
+                             ("--max-new-tokens", args.max_new_tokens, 1), ("--threads", args.threads, 0)):
+        if value < low:
+            raise RlfoldError(f"{flag} must be at least {low}, got {value}")
+    if not 0.0 <= args.flip < 1.0:
+        raise RlfoldError(f"--flip must be in [0, 1), got {args.flip}")
+    if args.flip and args.kind != "pairs":
+        raise RlfoldError(f"--flip {args.flip:g} swaps chosen and rejected of pairs; it needs --kind pairs, not "
+                          f"--kind {args.kind}")
+    if not args.temperature > 0:
+        raise RlfoldError(f"--temperature must be above 0, got {args.temperature}")
+    out = Path(args.out).expanduser()
+    if not out.parent.is_dir():
+        raise RlfoldError(f"--out {out}: directory {out.parent} does not exist")
+    levels = "[" + ", ".join(str(v) for v in args.levels) + "]"
+    cfg = load_config(None, [f"model.path={args.model}", f"task.name={args.task}", f"task.levels={levels}",
+                             f"seed={args.seed}", f"rollout.max_new_tokens={args.max_new_tokens}",
+                             f"preference.synthetic.samples={args.samples}",
+                             f"preference.synthetic.prompts={args.prompts}",
+                             f"preference.synthetic.temperature={args.temperature}",
+                             f"preference.synthetic.flip_fraction={args.flip}"])
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from rlfold.models import load_model_and_tokenizer
+    from rlfold.rollout import EngineContext
+    from rlfold.rollout.build import build_engine
+    from rlfold.tasks.chat import for_tokenizer
+    from rlfold.trainers.online import build_task
+    from rlfold.trainers.preference_datasets import synthetic_rows
+
+    model, tokenizer = load_model_and_tokenizer(cfg.model.path)
+    task = for_tokenizer(build_task(cfg.task, cfg.seed), tokenizer, model=cfg.model.path)
+    engine = build_engine(cfg.rollout, EngineContext(model=model, tokenizer=tokenizer, model_path=cfg.model.path,
+                                                     dtype=next(model.parameters()).dtype))
+    with torch.no_grad():
+        rows, desc = synthetic_rows(cfg, task, engine, args.kind)
+    try:
+        with out.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+    except OSError as exc:
+        raise RlfoldError(f"cannot write {out}: {exc.strerror or exc}") from None
+    flipped = sum(bool(r.get("flipped")) for r in rows)
+    dropped = ", ".join(f"{k}: {v}" for k, v in sorted(desc["dropped"].items())) or "none"
+    print(f"wrote {len(rows)} {args.kind} rows to {out} from {desc['prompts']} prompts of task {task.name} "
+          f"({args.samples} samples each from {args.model}; prompts without a row: {dropped})"
+          + (f"; {flipped} pairs flipped (column 'flipped')" if args.kind == "pairs" else ""))
+    return 0
+
+
+def cmd_data_audit(args: argparse.Namespace) -> int:
+    """``rlfold data audit FILE``: flag pairs whose labels look flipped, by cross-fitted ensemble disagreement."""
+    from rlfold.reporting.audit import AuditSettings, audit_file, render_markdown, write_audit
+
+    settings = AuditSettings(model=args.model, members=args.members, folds=args.folds, steps=args.steps,
+                             batch=args.batch, lr=args.lr, seed=args.seed, threshold=args.threshold, sigmas=args.sigmas,
+                             fraction=args.fraction, top=args.top, bad_rows=args.bad_rows, device=args.device)
+    settings.check()
+    if args.threads < 0:
+        raise RlfoldError(f"--threads must be at least 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for flag, target in (("--out", args.out), ("--json", args.json)):
+        if target is not None and not Path(target).expanduser().parent.is_dir():
+            raise RlfoldError(f"{flag} {target}: directory {Path(target).expanduser().parent} does not exist")
+    report = audit_file(args.file, settings, progress=not args.no_progress)
+    print(render_markdown(report), end="")
+    for p in write_audit(report, args.out, args.json):
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    args.data_parser.print_help()
+    return 2
+
+
+def _data_parser(sub: Any) -> None:
+    d = sub.add_parser("data", help="preference datasets: synthesize one, audit one for flipped labels")
+    dsub = d.add_subparsers(dest="data_command")
+    d.set_defaults(func=cmd_data, data_parser=d)
+
+    p = dsub.add_parser("synth", help="write a synthetic preference dataset (JSONL) with a known ground truth")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSONL file to write")
+    p.add_argument("--kind", choices=("pairs", "lists", "unpaired"), default="pairs")
+    p.add_argument("--flip", type=float, default=0.0, metavar="F",
+                   help="share of pairs whose chosen and rejected are swapped (marked in the 'flipped' column)")
+    p.add_argument("--samples", type=int, default=4, metavar="K", help="responses sampled per prompt (>= 2)")
+    p.add_argument("--prompts", type=int, default=0, metavar="N", help="training prompts used (0: all)")
+    p.add_argument("--model", default="tiny-arith", help="policy the responses are sampled from")
+    p.add_argument("--task", default="arith", help="registered task whose prompts and rewards are used")
+    p.add_argument("--levels", type=int, nargs="+", default=[2], help="task difficulty levels")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=cmd_data_synth)
+
+    p = dsub.add_parser("audit", help="flag preference pairs suspected to be flipped (reward-model ensemble "
+                                      "disagreement) and print a report")
+    p.add_argument("file", help="preference dataset (pairs or ranked lists; JSONL, Parquet, CSV, JSON)")
+    p.add_argument("--model", default="tiny-arith", help="base model the ensemble's reward models start from")
+    p.add_argument("--members", type=int, default=2, help="reward models per fold")
+    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds (>= 2)")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps of each reward model")
+    p.add_argument("--batch", type=int, default=64, help="pairs per step")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="flag pairs whose strength mu + SIGMAS * sigma is below this (default 0)")
+    p.add_argument("--sigmas", type=float, default=1.0,
+                   help="how many ensemble standard deviations the strength must clear (default 1; 0: mu alone)")
+    p.add_argument("--fraction", type=float, default=None,
+                   help="flag this fraction of lowest-strength pairs instead of using --threshold")
+    p.add_argument("--top", type=int, default=20, help="rows of the report's table of suspicious pairs")
+    p.add_argument("--bad-rows", choices=("error", "skip"), default="error",
+                   help="a bad row: stop naming its file and line, or skip it (counted in the report)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="REPORT.md", help="also write the report to this Markdown file")
+    p.add_argument("--json", default=None, metavar="FILE", help="write every pair's strength and flag as JSON")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_audit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "response_length/mean)")
     p.add_argument("--out", default=None, help="compare.png by default; a .html name writes a page with the figure")
     p.set_defaults(func=cmd_compare)
+
+    _data_parser(sub)
     return ap
 
 

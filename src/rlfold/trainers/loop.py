@@ -208,12 +208,13 @@ class RunLoop:
                 self._settle(path, step, from_checkpoint)
             self.parallel.barrier()
             return
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, PreTrainedModel
 
         model = self.trainer.model
+        # a plain transformers model reloads as its own class (a causal LM, a reward model's classifier)
+        auto = type(model) if isinstance(model, PreTrainedModel) else AutoModelForCausalLM
         try:
-            loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype,
-                                                          local_files_only=True)
+            loaded = auto.from_pretrained(path, dtype=next(model.parameters()).dtype, local_files_only=True)
             model.load_state_dict(loaded.state_dict())
         except Exception as exc:  # noqa: BLE001  (the manifest matched, so this is another model's checkpoint)
             raise ConfigError(f"{where}: cannot load the model of checkpoint {path.name}: "

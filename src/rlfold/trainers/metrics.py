@@ -162,6 +162,7 @@ def extras_metrics(roll: RolloutBatch) -> dict[str, float]:
 SUMMARY_KEYS = (
     "reward/mean", "acc/mean", "response_length/mean", "actor/entropy", "actor/kl",
     "actor/pg_clipfrac", "actor/grad_norm", "perf/tokens_per_s", "timing_s/step",
+    "rm/loss", "rm/accuracy", "val/rm/accuracy",
 )
 
 
