@@ -252,7 +252,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         paper = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("paper", "")
         cfg = load_config(path, [])
         table.add_row(path.stem, paper, *recipe_columns(cfg))
-    Console(width=max(Console().width, 160)).print(table)
+    Console(width=max(Console().width, 200)).print(table)
     return 0
 
 
