@@ -46,6 +46,8 @@ class Spy:
 class Scripted:
     """Always answers ``obs`` and never ends the episode itself."""
 
+    stop_strings = ()
+
     def __init__(self, obs: str):
         self.obs = obs
 

@@ -8,6 +8,7 @@ policy losses (``POLICY_LOSSES``), loss aggregations (``AGGREGATIONS``) and KL e
 from __future__ import annotations
 
 from rlfold.algos import advantages, aggregation, critic, group_filters, kl, policy_losses, selection, token_advantages, decs
+from rlfold.algos import hdpo  # noqa: F401  (registers the hdpo advantage)
 from rlfold.algos import preference  # noqa: F401  (registers PREFERENCE_LOSSES)
 from rlfold.algos.advantages import ADVANTAGES
 from rlfold.algos.aggregation import AGGREGATIONS, Aggregation, aggregate

@@ -136,6 +136,9 @@ class RolloutConfig(_Strict):
         None, description="environment the model talks to between turns (None: single-turn generation)")
     max_turns: int = Field(
         16, ge=1, description="multi-turn rollouts: model turns per episode at most (the environment may end sooner)")
+    env_workers: int = Field(
+        8, ge=1, description="multi-turn rollouts: threads stepping the environments of one turn at once (tool calls of "
+                             "different episodes overlap; 1: one after another)")
     turn_budget: Literal["total", "per_turn"] = Field(
         "total", description="multi-turn rollouts: max_new_tokens bounds all model turns of an episode together, "
                              "or each turn")
@@ -313,6 +316,12 @@ class EvalConfig(_Strict):
     pass_k: int = Field(4, ge=1, description="samples per prompt (at temperature 1) for the unbiased pass@k metric")
     max_new_tokens: Optional[int] = Field(
         None, ge=1, description="response length limit of evaluation (None: rollout.max_new_tokens)")
+    multi_turn: bool = Field(
+        False, description="evaluate whole episodes in rollout.env (tool agents, whose answers need the tool); "
+                           "false: single-turn answers")
+    group_key: Optional[str] = Field(
+        None, min_length=1, description="dataset column (Prompt.meta) to break held-out accuracy down by: "
+                                        "val/<task>/acc/<value> per value (e.g. kind: knowledge vs memory questions)")
 
 
 class RayConfig(_Strict):
@@ -453,6 +462,9 @@ class RunConfig(_Strict):
         if self.rollout.env is not None:
             _check_kwargs(("rollout", "env", "kwargs"), "environment", self.rollout.env.name,
                           ENVIRONMENTS.get(self.rollout.env.name), self.rollout.env.kwargs, n_positional=0)
+        elif self.eval.multi_turn:
+            raise LocatedValueError(("eval", "multi_turn"), "eval.multi_turn runs held-out episodes in rollout.env, "
+                                                             "but rollout.env is not set")
         for i, spec in enumerate(a.selection):
             _check_kwargs(("algo", "selection", i, "kwargs"), "selection part", spec.name, SELECTIONS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("generator",))

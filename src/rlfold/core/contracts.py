@@ -37,7 +37,8 @@ class EnvStep:
 
     ``observation``: text appended to the context before the next model turn (tokenised on its own,
     with loss mask 0 and attention 1; ``""`` for none). ``done``: the episode is over (no further
-    model turn). ``info``: numbers about the turn (summed per episode into ``extras``, logged as means).
+    model turn). ``info``: numbers about the turn, summed per episode into ``extras`` and logged as
+    ``<key>/mean``; a key with a ``/`` is kept as it is (``tools/calls``), others become ``env/<key>``.
     """
 
     observation: str = ""
@@ -51,8 +52,12 @@ class Environment(Protocol):
     ``reset(prompt, seed)`` returns the episode state (anything); the G samples of one prompt get
     the same seed. ``step(state, text, finish)`` sees the decoded text of the model's last turn
     alone and its finish reason (``stop`` / ``length``); a turn cut at the length limit ends the
-    episode whatever the environment answers.
+    episode whatever the environment answers. ``stop_strings`` end a model turn as soon as its text
+    contains one (a tool call's closing tag), so the environment answers before the model goes on.
+    ``step`` may be called from several threads at once, for different episodes.
     """
+
+    stop_strings: Sequence[str]
 
     def reset(self, prompt: Prompt, seed: int) -> Any: ...
 

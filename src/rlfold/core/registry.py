@@ -129,4 +129,6 @@ ENVIRONMENTS: Registry = Registry("environment")
 TRAINERS: Registry = Registry("trainer")
 TRACKERS: Registry = Registry("experiment tracker")
 COLLECTORS: Registry = Registry("rollout collector")  # rollout.async_mode: sync, one_step, bounded
+TOOLS: Registry = Registry("tool")  # what an agent calls between turns: bm25, calculator, python
+TOOL_FORMATS: Registry = Registry("tool-call format")  # how a turn writes a call and reads its result: search_r1, ...
 PREFERENCE_LOSSES: Registry = Registry("preference loss")  # preference.loss: dpo, ipo, kto, lipo_lambda, ...

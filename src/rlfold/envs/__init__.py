@@ -6,5 +6,9 @@ multi-turn engine (``rlfold.rollout.multi_turn``) runs any of them over any engi
 
 from rlfold.core.registry import ENVIRONMENTS
 from rlfold.envs.multi_attempt import MultiAttemptEnv
+from rlfold.envs.tool_agent import ToolAgentEnv
+from rlfold.envs.tool_formats import Action, Doc, R1SearcherFormat, SearchR1Format
+from rlfold.envs.tools import BM25Search, Calculator, PythonRunner
 
-__all__ = ["ENVIRONMENTS", "MultiAttemptEnv"]
+__all__ = ["Action", "BM25Search", "Calculator", "Doc", "ENVIRONMENTS", "MultiAttemptEnv", "PythonRunner",
+           "R1SearcherFormat", "SearchR1Format", "ToolAgentEnv"]

@@ -52,6 +52,7 @@ class MultiAttemptEnv:
         attempt_verifier([], extract=extract, verifier=verifier)  # unknown extract / verifier fail now
         self.attempts, self.min_attempts, self.feedback = attempts, min_attempts, feedback
         self.extract, self.verifier = extract, verifier
+        self.stop_strings: tuple[str, ...] = ()
 
     def reset(self, prompt: Prompt, seed: int) -> _Episode:
         allowance = self.attempts

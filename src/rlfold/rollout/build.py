@@ -19,23 +19,32 @@ def build_engine(rollout: Any, ctx: EngineContext, ray: Any = None) -> Engine:
         engine = ENGINES.get(rollout.engine)(ctx, **rollout.engine_kwargs)
     if rollout.env is None:
         return engine
+    return multi_turn(engine, rollout, ctx)
+
+
+def multi_turn(engine: Engine, rollout: Any, ctx: EngineContext) -> MultiTurnEngine:
+    """``engine`` inside the multi-turn engine running ``rollout.env``."""
     env = ENVIRONMENTS.get(rollout.env.name)(**rollout.env.kwargs)
-    return MultiTurnEngine(engine, ctx.tokenizer, env, max_turns=rollout.max_turns, turn_budget=rollout.turn_budget)
+    return MultiTurnEngine(engine, ctx.tokenizer, env, max_turns=rollout.max_turns, turn_budget=rollout.turn_budget,
+                           workers=rollout.env_workers)
 
 
-def build_eval_engine(rollout: Any, ctx: EngineContext) -> Engine:
-    """The held-out evaluation engine: ``rollout.eval_engine``, single turn whatever the training engine does."""
-    return ENGINES.get(rollout.eval_engine)(ctx, **rollout.eval_engine_kwargs)
+def build_eval_engine(rollout: Any, ctx: EngineContext, multi: bool = False) -> Engine:
+    """The held-out evaluation engine: ``rollout.eval_engine``, single turn unless ``multi`` (``eval.multi_turn``)
+    wraps it in the multi-turn engine with the training environment."""
+    engine = ENGINES.get(rollout.eval_engine)(ctx, **rollout.eval_engine_kwargs)
+    return multi_turn(engine, rollout, ctx) if multi and rollout.env is not None else engine
 
 
-def build_engines(rollout: Any, ctx: EngineContext, ray: Any = None) -> tuple[Engine, Engine]:
+def build_engines(rollout: Any, ctx: EngineContext, ray: Any = None, eval_multi_turn: bool = False
+                  ) -> tuple[Engine, Engine]:
     """The training and evaluation engines. One instance serves both when they name the same engine with the
-    same options and the rollout is single-turn (an engine with weights of its own, e.g. vLLM, then holds
-    its memory and takes each weight update once)."""
+    same options and either the rollout is single-turn or evaluation is multi-turn too (an engine with weights
+    of its own, e.g. vLLM, then holds its memory and takes each weight update once)."""
     train = build_engine(rollout, ctx, ray)
-    same = ((ray is None or ray.num_rollout_workers == 0) and rollout.env is None
+    same = ((ray is None or ray.num_rollout_workers == 0) and (rollout.env is None or eval_multi_turn)
             and rollout.eval_engine == rollout.engine and rollout.eval_engine_kwargs == rollout.engine_kwargs)
-    return train, train if same else build_eval_engine(rollout, ctx)
+    return train, train if same else build_eval_engine(rollout, ctx, eval_multi_turn)
 
 
 __all__ = ["build_engine", "build_engines", "build_eval_engine"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -41,6 +41,7 @@ class Sampled:
     metrics: dict[str, float]
     t_gen: float
     t_reward: float
+    per_fn: dict[str, torch.Tensor] = field(default_factory=dict)  # [N] raw score of each reward function
 
 
 class RolloutCollector:
@@ -172,7 +173,7 @@ class RolloutCollector:
             token_rewards=all_tokens[rows][:, : train_roll.response_ids.shape[1]], unscorable=all_bad[rows],
             group_ids=torch.arange(train_roll.size // n).repeat_interleave(n),
             metrics={**rollout_metrics(all_roll, all_scores, all_per_fn, n, self.scorer.accuracy_reward), **extra},
-            t_gen=t_gen, t_reward=t_reward,
+            t_gen=t_gen, t_reward=t_reward, per_fn={k: v[rows] for k, v in all_per_fn.items()},
         )
 
 

@@ -33,6 +33,7 @@ class StepContext:
     group_ids: Tensor             # [N]
     collector: Any = None         # the step's RolloutCollector (more rollouts: ReMax's greedy baseline)
     critic: Any = None            # the step's Critic, if the recipe has one
+    per_fn: dict[str, Tensor] = field(default_factory=dict)  # [N] raw score of each reward function, recipe order
     cache: dict[str, Any] = field(default_factory=dict)
 
 
@@ -42,6 +43,14 @@ Provider = Callable[[StepContext], Tensor]
 @INPUTS.register("token_rewards")
 def _token_rewards(ctx: StepContext) -> Tensor:
     return ctx.token_rewards
+
+
+@INPUTS.register("reward_columns")
+def _reward_columns(ctx: StepContext) -> Tensor:
+    """[N, F] the raw score of each reward function of the recipe, column j = the j-th of ``rewards:``."""
+    if not ctx.per_fn:
+        raise RuntimeError("a part needs 'reward_columns' but the step has no per-function scores")
+    return torch.stack([v.to(torch.float64) for v in ctx.per_fn.values()], dim=1)
 
 
 @INPUTS.register("truncated")

@@ -158,7 +158,7 @@ class OnlineStep:
         self.sft = SFTTerm(self.module, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
         ctx = EngineContext(model=self.module, tokenizer=self.tokenizer, model_path=cfg.model.path, dtype=dtype,
                             weights=self.policy.weights)
-        self.engine, self.eval_engine = build_engines(cfg.rollout, ctx, cfg.ray)
+        self.engine, self.eval_engine = build_engines(cfg.rollout, ctx, cfg.ray, cfg.eval.multi_turn)
         self.recompute = (cfg.rollout.recompute_logprobs if cfg.rollout.recompute_logprobs is not None
                           else not self.engine.shares_weights or cfg.train.mixed_precision != "none")
         self.params = sampling_params(cfg.rollout)
@@ -232,7 +232,8 @@ class OnlineStep:
 
     def _evaluate(self, ec: Any) -> dict[str, float]:
         return evaluate(self.eval_engine, self.task.held_out[: ec.size], reward=self.cfg.accuracy_reward, k=ec.pass_k,
-                        max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7)
+                        max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7,
+                        group_key=ec.group_key)
 
     def close(self) -> None:
         """Stop what runs in the background (an asynchronous collector's thread); called at every run end."""
@@ -252,7 +253,7 @@ class OnlineStep:
         rewards, token_rewards, kl_tokens, kl_metrics = self.kl_stage(s, lp)     # 3. KL
         ctx = StepContext(step=index, prompts=s.prompts, roll=s.roll, scores=s.scores, rewards=rewards,
                           token_rewards=token_rewards, group_ids=s.group_ids, collector=self.collector,
-                          critic=self.critic)
+                          critic=self.critic, per_fn=s.per_fn)
         t0 = time.perf_counter()
         problem = reward_problem(rewards, token_rewards, s.roll.response_mask)
         adv = torch.full(s.roll.response_mask.shape, float("nan"))  # logged as such when never computed
