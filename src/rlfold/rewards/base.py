@@ -33,7 +33,14 @@ def _locate_failure(name: str, fn: RewardFn, prompts, completions, finishes, exc
 
 
 # What ``score_rewards`` supplies to a function that ``@needs`` it; any other needed name is a dataset column.
-SCORING_INPUTS = ("response_lengths",)
+# ``rollout_extras``: one dict per sample, that row's values of the engine's ``RolloutBatch.extras``
+# (``turns``, ``env/<key>`` of an environment, e.g. the ``env/reward`` an adapted environment returned).
+SCORING_INPUTS = ("response_lengths", "rollout_extras")
+
+
+def extras_rows(extras: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """``RolloutBatch.extras`` as one dict per row (each key's value at that row), the ``rollout_extras`` input."""
+    return [{k: v[i] for k, v in extras.items()} for i in range(n)]
 
 
 def needed_columns(fn: RewardFn) -> list[str]:
@@ -102,11 +109,13 @@ def score_rewards(
     finishes: Sequence[str],
     response_lengths: torch.Tensor | None = None,
     on_error: str = "raise",
+    rollout_extras: Sequence[dict[str, Any]] | None = None,
 ) -> ScoreResult:
     """Score a batch with the named reward functions (see ``ScoreResult``).
 
     A spec is ``(name, weight)`` or ``(name, weight, kwargs)``. A function that declares
-    ``@needs("response_lengths")`` also receives the token count of each completion; any other name it
+    ``@needs("response_lengths")`` also receives the token count of each completion, one that declares
+    ``@needs("rollout_extras")`` each row's engine extras (``extras_rows``); any other name it
     ``@needs`` is a dataset column, passed as one value per sample (``dataset_column``). A function
     returns one entry per sample: a float, None (unscorable), or a list of per-token floats. If it
     raises, ``on_error="raise"`` stops with a ``RewardError`` naming the function and the failing
@@ -120,7 +129,7 @@ def score_rewards(
     per_fn: dict[str, torch.Tensor] = {}
     metrics: dict[str, float] = {}
     token_rows: dict[int, list[float]] = {}
-    available = dict(zip(SCORING_INPUTS, (response_lengths,)))
+    available = dict(zip(SCORING_INPUTS, (response_lengths, rollout_extras)))
     for spec in specs:
         name, weight = spec[0], spec[1]
         kwargs = dict(spec[2]) if len(spec) > 2 else {}
@@ -192,7 +201,8 @@ def score_batch(
     completions: Sequence[str],
     finishes: Sequence[str],
     response_lengths: torch.Tensor | None = None,
+    rollout_extras: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(total, per_fn)`` of ``score_rewards`` for callers that need only the scalar scores."""
-    res = score_rewards(specs, prompts, completions, finishes, response_lengths)
+    res = score_rewards(specs, prompts, completions, finishes, response_lengths, rollout_extras=rollout_extras)
     return res.total, res.per_fn

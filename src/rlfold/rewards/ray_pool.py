@@ -30,8 +30,9 @@ class RewardWorker:
         import_plugins(imports)
 
     def score(self, specs: list[Any], prompts: list[Prompt], completions: list[str], finishes: list[str],
-              lengths: torch.Tensor | None, on_error: str) -> ScoreResult:
-        return score_rewards(specs, prompts, completions, finishes, response_lengths=lengths, on_error=on_error)
+              lengths: torch.Tensor | None, on_error: str, extras: list[dict[str, Any]] | None = None) -> ScoreResult:
+        return score_rewards(specs, prompts, completions, finishes, response_lengths=lengths, on_error=on_error,
+                             rollout_extras=extras)
 
 
 def _chunks(n: int, k: int) -> list[tuple[int, int]]:
@@ -77,12 +78,13 @@ class RayRewardPool:
 
     def __call__(self, specs: Sequence[Any], prompts: Sequence[Prompt], completions: Sequence[str],
                  finishes: Sequence[str], response_lengths: torch.Tensor | None = None,
-                 on_error: str = "raise") -> ScoreResult:
+                 on_error: str = "raise", rollout_extras: Sequence[dict[str, Any]] | None = None) -> ScoreResult:
         """Score each chunk of rows in its own actor and join the results."""
         if len(completions) == 0:
-            return score_rewards(specs, prompts, completions, finishes, response_lengths, on_error)
+            return score_rewards(specs, prompts, completions, finishes, response_lengths, on_error, rollout_extras)
         refs = [w.score.remote(list(specs), list(prompts[a:b]), list(completions[a:b]), list(finishes[a:b]),
-                               None if response_lengths is None else response_lengths[a:b], on_error)
+                               None if response_lengths is None else response_lengths[a:b], on_error,
+                               None if rollout_extras is None else list(rollout_extras[a:b]))
                 for w, (a, b) in zip(self.workers, _chunks(len(completions), len(self.workers)))]
         return join_results(self.ray.get(refs))
 

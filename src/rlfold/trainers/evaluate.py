@@ -10,6 +10,7 @@ import torch
 from rlfold.core.seeding import derive_seed
 from rlfold.core.types import Prompt
 from rlfold.rewards import score_batch
+from rlfold.rewards.base import extras_rows
 from rlfold.rollout import SamplingParams, requests_for
 
 
@@ -42,7 +43,8 @@ def evaluate(
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         roll = engine.generate(requests_for(chunk), greedy, derive_seed(seed, "eval", start, 0))
-        scores, _ = score_batch([(reward, 1.0)], chunk, roll.response_texts, roll.finish_reasons)
+        scores, _ = score_batch([(reward, 1.0)], chunk, roll.response_texts, roll.finish_reasons,
+                                rollout_extras=extras_rows(roll.extras, roll.size))
         correct += float(scores.sum())
         per_row["acc"] += [float(x) for x in scores]
         for key, values in roll.extras.items():
@@ -52,7 +54,8 @@ def evaluate(
         lengths += float(roll.response_mask.sum())
         roll = engine.generate(requests_for(chunk), sampled, derive_seed(seed, "eval", start, 1))
         reps = [p for p in chunk for _ in range(k)]
-        scores, _ = score_batch([(reward, 1.0)], reps, roll.response_texts, roll.finish_reasons)
+        scores, _ = score_batch([(reward, 1.0)], reps, roll.response_texts, roll.finish_reasons,
+                                rollout_extras=extras_rows(roll.extras, roll.size))
         for c in (scores.view(len(chunk), k) > 0.5).sum(1).tolist():
             passes += pass_at_k(k, int(c), k)
     n = len(prompts)

@@ -9,7 +9,7 @@ import torch
 
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.rewards import SHAPINGS, ShapingInput, score_rewards
-from rlfold.rewards.base import ScoreResult
+from rlfold.rewards.base import ScoreResult, extras_rows
 
 
 @dataclass
@@ -92,13 +92,15 @@ class Scorer:
     def __call__(self, reps: list[Prompt], roll: RolloutBatch, group_ids: torch.Tensor, step: int) -> Scored:
         """Reward functions, then the shaping parts in order; unscorable rows are counted and neutralised."""
         lengths = roll.response_mask.sum(1)
+        extras = extras_rows(roll.extras, roll.size)
         res = self.score(self.rewards, reps, roll.response_texts, roll.finish_reasons, response_lengths=lengths,
-                         on_error=self.on_error)
+                         on_error=self.on_error, rollout_extras=extras)
         per_fn, metrics = res.per_fn, dict(res.metrics)
         acc = self.accuracy_reward
         if acc not in per_fn:
             per_fn[acc] = self.score([(acc, 1.0)], reps, roll.response_texts, roll.finish_reasons,
-                                     response_lengths=lengths, on_error=self.on_error).per_fn[acc]
+                                     response_lengths=lengths, on_error=self.on_error,
+                                     rollout_extras=extras).per_fn[acc]
         scores, unscorable = fill_unscorable(res.total, group_ids)
         mask = roll.response_mask
         token_part = torch.zeros(mask.shape)
