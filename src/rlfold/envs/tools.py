@@ -12,6 +12,7 @@ import ast
 import json
 import math
 import operator
+import re
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Callable, Protocol
@@ -60,38 +61,51 @@ def read_corpus(path: Path, text_key: str, title_key: str) -> list[Doc]:
     return docs
 
 
+def char_ngrams(text: str, n: int) -> list[str]:
+    """The character ``n``-grams of every lower-cased word of ``text``, each word padded with ``#`` at both ends."""
+    grams: list[str] = []
+    for word in re.findall(r"\w+", text.lower()):
+        w = f"#{word}#"
+        grams.extend(w[i:i + n] for i in range(max(len(w) - n + 1, 1)))
+    return grams
+
+
 @TOOLS.register("bm25")
 class BM25Search:
     """BM25 retrieval (Robertson & Zaragoza 2009) over a local JSONL corpus with ``bm25s``; the Search-R1 retriever.
 
-    Title and text are indexed together (lower-cased, no stemming, no stop words: the synthetic
-    names of the tiny tasks are not English); the ``k`` best documents come back. An empty query
-    is an error the model reads; a query of unknown words returns the top ``k`` of a zero-score
-    ranking, as ``bm25s`` does.
+    Title and text are indexed together, lower-cased, without stemming or stop words (the synthetic
+    names of the tiny tasks are not English). The terms are words, or with ``ngram=n`` the character
+    n-grams of each word (``#zo``, ``zor``, ...), which still finds a document when the query misspells
+    a name. The ``k`` best documents come back. An empty query is an error the model reads; a query of
+    no indexed term returns the first ``k`` documents of a zero-score ranking, as ``bm25s`` does.
     """
 
     def __init__(self, *, corpus: str, k: Annotated[int, Field(ge=1)] = 3, text_key: str = "text",
-                 title_key: str = "title") -> None:
+                 title_key: str = "title", ngram: Annotated[int, Field(ge=0)] = 0) -> None:
         if k < 1:
             raise ConfigError(f"bm25 tool: k must be >= 1, got {k}")
+        if ngram < 0:
+            raise ConfigError(f"bm25 tool: ngram must be >= 0 (0: words), got {ngram}")
         import bm25s  # a dependency of rlfold; imported here so the registries load without it
 
         self.docs = read_corpus(resolve_data_file(corpus), text_key, title_key)
-        self.k = min(k, len(self.docs))
-        self._bm25s = bm25s
+        self.k, self.ngram = min(k, len(self.docs)), ngram
         self._index = bm25s.BM25()
-        self._index.index(bm25s.tokenize([f"{d.title} {d.text}" for d in self.docs], stopwords=None,
-                                         show_progress=False), show_progress=False)
+        self._index.index([self._terms(f"{d.title} {d.text}") for d in self.docs], show_progress=False)
         self._lock = threading.Lock()  # bm25s' retrieval is not documented thread-safe
+
+    def _terms(self, text: str) -> list[str]:
+        return char_ngrams(text, self.ngram) if self.ngram else re.findall(r"\w+", text.lower())
 
     def __call__(self, argument: str) -> list[Doc]:
         if not argument.strip():
             raise ValueError("empty search query")
-        tokens = self._bm25s.tokenize([argument], stopwords=None, show_progress=False)
-        if not tokens.vocab:
+        terms = self._terms(argument)
+        if not terms:
             raise ValueError(f"the query {argument!r} has no searchable words")
         with self._lock:
-            ids, _ = self._index.retrieve(tokens, k=self.k, show_progress=False, n_threads=1)
+            ids, _ = self._index.retrieve([terms], k=self.k, show_progress=False, n_threads=1)
         return [self.docs[int(i)] for i in ids[0]]
 
 
