@@ -77,8 +77,8 @@ class BM25Search:
     Title and text are indexed together, lower-cased, without stemming or stop words (the synthetic
     names of the tiny tasks are not English). The terms are words, or with ``ngram=n`` the character
     n-grams of each word (``#zo``, ``zor``, ...), which still finds a document when the query misspells
-    a name. The ``k`` best documents come back. An empty query is an error the model reads; a query of
-    no indexed term returns the first ``k`` documents of a zero-score ranking, as ``bm25s`` does.
+    a name. The ``k`` best documents of positive score come back (none for a query of no indexed term:
+    the format then writes an empty result). An empty query is an error the model reads.
     """
 
     def __init__(self, *, corpus: str, k: Annotated[int, Field(ge=1)] = 3, text_key: str = "text",
@@ -105,8 +105,8 @@ class BM25Search:
         if not terms:
             raise ValueError(f"the query {argument!r} has no searchable words")
         with self._lock:
-            ids, _ = self._index.retrieve([terms], k=self.k, show_progress=False, n_threads=1)
-        return [self.docs[int(i)] for i in ids[0]]
+            ids, scores = self._index.retrieve([terms], k=self.k, show_progress=False, n_threads=1)
+        return [self.docs[int(i)] for i, sc in zip(ids[0], scores[0]) if sc > 0]
 
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
