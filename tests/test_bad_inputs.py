@@ -517,6 +517,21 @@ CASES: list[Case] = [
          ["bogus", "multi_attempt"]),
     Case("option-reward-name", train("rewards=[{name: exact_match, kwargs: {bogus: 1}}]"), 2,
          ["bogus", "exact_match"]),
+    # --- tool agents
+    Case("agent-unknown-tool", train("rollout.env={name: tool_agent, kwargs: {tools: {search: {name: bm52}}}}"), 2,
+         ["bm52", "bm25"]),
+    Case("agent-no-tools", train("rollout.env={name: tool_agent, kwargs: {tools: {}}}"), 2, ["at least one tool"]),
+    Case("agent-unknown-format", train("rollout.env={name: tool_agent, kwargs: {format: serch_r1, "
+                                       "tools: {calc: {name: calculator}}}}"), 2, ["serch_r1", "search_r1"]),
+    Case("agent-missing-corpus", train("rollout.env={name: tool_agent, kwargs: {tools: {search: {name: bm25, "
+                                       "kwargs: {corpus: /nonexistent/corpus.jsonl}}}}}"), 2,
+         ["/nonexistent/corpus.jsonl", "does not exist"]),
+    Case("agent-eval-multi-turn-without-env", train("eval.multi_turn=true"), 2, ["eval.multi_turn", "rollout.env"]),
+    Case("task-option-typo", train("task.name=search_qa", "task.kwargs={memory_fracton: 0.3}"), 2,
+         ["task.kwargs.memory_fracton", "memory_fraction"]),
+    Case("task-option-value", train("task.name=search_qa", "task.kwargs={memory_fraction: 1.5}"), 2,
+         ["memory_fraction", "1.5"]),
+    Case("agent-env-workers-zero", train("rollout.env_workers=0"), 2, ["rollout.env_workers", "greater than"]),
     # --- models
     Case("model-nonexistent", train("model.path=/nonexistent"), 2, ["/nonexistent"]),
     Case("model-broken-config-json", model_case(_broken_config_json), 2, ["{tmp}/model/config.json"]),

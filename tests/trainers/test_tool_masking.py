@@ -14,35 +14,52 @@ from rlfold.envs import ENVIRONMENTS
 from rlfold.models import load_model_and_tokenizer
 from rlfold.models.logprobs import sequence_logprobs
 from rlfold.rollout import ENGINES, EngineContext, MultiTurnEngine, SamplingParams, requests_for
+from rlfold.tasks import TASKS
 from rlfold.trainers import update
 from rlfold.trainers.update import EntropyTerm, KLTerm, PolicyTerm, PreparedBatch, accumulate_loss
 
-MODEL = "tiny-arith"  # character-level over printable ASCII: it writes tags and reads documents like any text
 
-
-@pytest.fixture(scope="module")
-def trajectory(tmp_path_factory):
-    """Multi-turn episodes over the real hf engine with the tool_agent environment: tiny-arith writes sums, not
-    tool calls, so each turn is answered with the format's invalid-action text, an observation like a tool's.
-    (Real search calls: tests/trainers/test_search_agent.py with the tiny-search base.)"""
-    torch.manual_seed(0)
-    model, tok = load_model_and_tokenizer(MODEL)
-    model.eval()
-    hf = ENGINES.get("hf")(EngineContext(model=model, tokenizer=tok, model_path=MODEL, dtype=torch.float32))
+def _arith_episodes(tmp_path_factory):
+    """tiny-arith writes sums, not tool calls: each turn is answered with the format's invalid-action text, an
+    observation like a tool's."""
+    model, tok = load_model_and_tokenizer("tiny-arith")
     corpus = tmp_path_factory.mktemp("c") / "corpus.jsonl"
     corpus.write_text(json.dumps({"title": "Zorvak", "text": "Zorvak lives in Kimoro."}) + "\n")
     env = ENVIRONMENTS.get("tool_agent")(tools={"search": {"name": "bm25", "kwargs": {"corpus": str(corpus)}}},
                                          format_kwargs={"invalid_message": " Zorvak lives in Kimoro."}, max_invalid=3)
-    eng = MultiTurnEngine(hf, tok, env, max_turns=3, turn_budget="per_turn")
     prompts = [Prompt("58+67=", "125"), Prompt("3+4=", "7"), Prompt("12+34=", "46")]
-    roll = eng.generate(requests_for(prompts), SamplingParams(temperature=1.0, n=2, max_new_tokens=6), seed=3)
+    return model, tok, env, prompts, SamplingParams(temperature=1.0, n=2, max_new_tokens=6), "per_turn"
+
+
+def _search_episodes(tmp_path_factory):
+    """tiny-search on knowledge questions: real <search> calls answered by BM25 over the shipped corpus."""
+    model, tok = load_model_and_tokenizer("tiny-search")
+    env = ENVIRONMENTS.get("tool_agent")(
+        tools={"search": {"name": "bm25", "kwargs": {"corpus": "search-corpus.jsonl", "k": 1}}}, max_invalid=0)
+    task = TASKS.get("search_qa")(held_out_size=40)
+    prompts = [p for p in task.held_out if p.meta["kind"] == "knowledge"][:12]
+    return model, tok, env, prompts, SamplingParams(temperature=1.0, n=8, max_new_tokens=64), "total"
+
+
+@pytest.fixture(scope="module", params=["arith_invalid_turns", "search_calls"])
+def trajectory(request, tmp_path_factory):
+    """Multi-turn episodes over the real hf engine with the tool_agent environment."""
+    torch.manual_seed(0)
+    make = _arith_episodes if request.param == "arith_invalid_turns" else _search_episodes
+    model, tok, env, prompts, params, budget = make(tmp_path_factory)
+    model.eval()
+    hf = ENGINES.get("hf")(EngineContext(model=model, tokenizer=tok, model_path="tiny", dtype=torch.float32))
+    eng = MultiTurnEngine(hf, tok, env, max_turns=3, turn_budget=budget)
+    roll = eng.generate(requests_for(prompts), params, seed=3)
+    if request.param == "search_calls":
+        assert sum(roll.extras["tools/calls"]) >= 3  # several real searches among the 96 episodes
     return model, tok, roll
 
 
 def test_the_trajectory_has_observation_tokens(trajectory):
     _, _, roll = trajectory
     observed = (roll.response_attention_mask.bool() & ~roll.response_mask.bool()).sum()
-    assert observed > 20 and max(roll.extras["turns"]) > 1
+    assert observed > 20 and max(roll.extras["turns"]) > 1 and roll.extras["env/errors"] == [0.0] * roll.size
 
 
 def test_recomputed_logprobs_equal_the_engines(trajectory):

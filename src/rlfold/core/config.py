@@ -60,6 +60,11 @@ class ModelConfig(_Strict):
                           "then the same module with its adapters disabled")
 
 
+# The task options build_task passes from TaskConfig's own fields (not settable through task.kwargs).
+TASK_FIELDS = ("levels", "train_size", "held_out_size", "held_out_fraction", "seed", "train_file", "held_out_file",
+               "columns")
+
+
 class TaskConfig(_Strict):
     name: str = Field("arith", description="registered task name")
     levels: list[int] = Field(
@@ -80,6 +85,9 @@ class TaskConfig(_Strict):
     held_out_file: Optional[str] = Field(
         None, description="dataset of prompt/answer rows for evaluation (replaces the generated held-out split); "
                           "formats as train_file")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="options of the registered task beyond the fields above (search_qa: "
+                                          "memory_fraction, num_entities)")
     prompt_key: str = Field("prompt", min_length=1, description="dataset column holding the prompt text")
     answer_key: str = Field("answer", min_length=1, description="dataset column holding the gold answer")
     messages_key: str = Field(
@@ -459,6 +467,8 @@ class RunConfig(_Strict):
         _check_kwargs(("train", "sampler", "kwargs"), "prompt sampler", self.train.sampler.name,
                       SAMPLERS.get(self.train.sampler.name), self.train.sampler.kwargs, n_positional=1,
                       reserved=("seed",))
+        _check_kwargs(("task", "kwargs"), "task", self.task.name, TASKS.get(self.task.name), self.task.kwargs,
+                      n_positional=0, reserved=TASK_FIELDS)
         if self.rollout.env is not None:
             _check_kwargs(("rollout", "env", "kwargs"), "environment", self.rollout.env.name,
                           ENVIRONMENTS.get(self.rollout.env.name), self.rollout.env.kwargs, n_positional=0)

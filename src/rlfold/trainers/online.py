@@ -67,7 +67,7 @@ def build_task(t: TaskConfig, seed: int) -> Task:
     return TASKS.get(t.name)(
         levels=t.levels, train_size=t.train_size, held_out_size=t.held_out_size, held_out_fraction=t.held_out_fraction,
         seed=seed, train_file=t.train_file, held_out_file=t.held_out_file,
-        columns=Columns(prompt=t.prompt_key, answer=t.answer_key, messages=t.messages_key),
+        columns=Columns(prompt=t.prompt_key, answer=t.answer_key, messages=t.messages_key), **t.kwargs,
     )
 
 

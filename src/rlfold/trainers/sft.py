@@ -1,9 +1,14 @@
-"""Supervised fine-tuning on (prompt, completion) pairs; the loss covers completion tokens only."""
+"""Supervised fine-tuning on (prompt, completion) pairs; the loss covers completion tokens only.
+
+A completion is a string (every token trained) or a sequence of ``(text, trained)`` segments, each
+tokenised on its own and concatenated: a multi-turn demonstration whose tool observations
+(``trained=False``) get loss mask 0, as the environment's tokens do in RL (Search-R1, arXiv 2503.09516).
+"""
 
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -12,16 +17,33 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlfold.models.logprobs import model_device
 
 
+# A completion: plain text (all trained), or (text, trained) segments such as a model turn, a tool
+# observation (not trained) and the next model turn.
+Completion = Union[str, Sequence[tuple[str, bool]]]
+
+
+def encode_completion(tokenizer: PreTrainedTokenizerBase, completion: Completion) -> tuple[list[int], list[int]]:
+    """Ids and loss mask of a completion and the final eos (trained); each segment is tokenised on its own."""
+    segments = [(completion, True)] if isinstance(completion, str) else completion
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, trained in segments:
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += seg
+        mask += [int(bool(trained))] * len(seg)
+    return ids + [tokenizer.eos_token_id], mask + [1]
+
+
 def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, Completion]]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and loss mask (1 on completion tokens and the final eos)."""
+    """Right-padded ids, attention mask and loss mask (1 on trained completion tokens and the final eos)."""
     rows, loss_rows = [], []
     for prompt, completion in pairs:
         p = tokenizer(prompt)["input_ids"]
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        c, m = encode_completion(tokenizer, completion)
         rows.append(p + c)
-        loss_rows.append([0] * len(p) + [1] * len(c))
+        loss_rows.append([0] * len(p) + m)
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     attn = torch.zeros_like(ids)
@@ -47,7 +69,7 @@ def sft_loss(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, loss
 def sft_train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    sample_pairs: Callable[[random.Random, int], list[tuple[str, str]]],
+    sample_pairs: Callable[[random.Random, int], list[tuple[str, Completion]]],
     steps: int,
     batch_size: int = 128,
     lr: float = 3e-3,
@@ -55,7 +77,8 @@ def sft_train(
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
-    """AdamW with linear warm-up and cosine decay; ``sample_pairs(rng, n)`` draws each batch."""
+    """AdamW with linear warm-up and cosine decay; ``sample_pairs(rng, n)`` draws each batch (completions as
+    text or as ``(text, trained)`` segments)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
