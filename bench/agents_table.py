@@ -82,7 +82,7 @@ def markdown(rows: list[dict]) -> str:
             return f"{_ms([r[name + '_before'] for r in rs], fmt)} → {_ms([r[name + '_after'] for r in rs], fmt)}"
 
         cuts = [cut[(recipe, r["seed"])] for r in rs]
-        cut_s = "—" if recipe == BASELINE else _ms(cuts, ".0%")
+        cut_s = "—" if recipe == BASELINE or any(c != c for c in cuts) else _ms(cuts, ".0%")  # NaN: no baseline run
         lines.append(f"| {recipe} | {col('acc_knowledge', '.1%')} | {col('acc_memory', '.1%')} | "
                      f"{col('calls_knowledge', '.2f')} | {col('calls_memory', '.2f')} | {cut_s} | "
                      f"{_ms([r['minutes'] for r in rs], '.1f')} | {len(rs)} |")
