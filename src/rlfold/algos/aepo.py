@@ -26,7 +26,9 @@ from rlfold.algos.policy_losses import (
     ClipLow,
     DualClip,
     _check_clip,
+    _check_dual_clip,
     _check_inputs,
+    _dual_clip,
     _fraction,
     _log_ratio,
     _masked,
@@ -71,8 +73,7 @@ def aepo_clip(
     """
     _check_inputs(logprobs, old_logprobs, advantages, mask)
     _check_clip(clip_low, clip_high)
-    if clip_c is not None and not clip_c > 1.0:
-        raise ValueError(f"clip_c (dual-clip bound) must be > 1, got {clip_c}")
+    _check_dual_clip(clip_c)
     log_ratio = _log_ratio(logprobs, old_logprobs)
     ratio = torch.exp(log_ratio)
     low, high = 1.0 - clip_low, 1.0 + clip_high
@@ -85,12 +86,7 @@ def aepo_clip(
     clipped = -advantages * clipped_ratio
     loss = torch.maximum(unclipped, clipped)
     clip_active = clipped > unclipped
-    if clip_c is not None:
-        bound = -advantages * clip_c
-        dual_active = (advantages < 0) & (loss > bound)
-        loss = torch.where(dual_active, bound, loss)
-    else:
-        dual_active = torch.zeros_like(clip_active)
+    loss, dual_active = _dual_clip(loss, advantages, clip_c)
     loss = _masked(loss, mask)
     metrics = {
         "pg_clipfrac": _fraction(clip_active, mask, loss.dtype),

@@ -77,19 +77,12 @@ def ppo_clip(
     _check_inputs(logprobs, old_logprobs, advantages, mask)
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low} and {clip_high}")
-    if clip_c is not None and not clip_c > 1.0:
-        raise ValueError(f"clip_c (dual-clip bound) must be > 1, got {clip_c}")
+    _check_dual_clip(clip_c)
 
     log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     loss, clip_active = _clipped_surrogate(advantages, ratio, clip_low, clip_high)
-
-    if clip_c is not None:
-        bound = -advantages * clip_c
-        dual_active = (advantages < 0) & (loss > bound)
-        loss = torch.where(dual_active, bound, loss)
-    else:
-        dual_active = torch.zeros_like(clip_active)
+    loss, dual_active = _dual_clip(loss, advantages, clip_c)
 
     loss = torch.where(mask.bool(), loss, torch.zeros_like(loss))
     with torch.no_grad():
@@ -111,6 +104,21 @@ def _log_ratio(logprobs: Tensor, old_logprobs: Tensor) -> Tensor:
 def _check_clip(clip_low: float, clip_high: float) -> None:
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low} and {clip_high}")
+
+
+def _check_dual_clip(clip_c: float | None) -> None:
+    if clip_c is not None and not clip_c > 1.0:
+        raise ValueError(f"clip_c (dual-clip bound) must be > 1, got {clip_c}")
+
+
+def _dual_clip(loss: Tensor, adv: Tensor, clip_c: float | None) -> tuple[Tensor, Tensor]:
+    """min(loss, -A clip_c) where A < 0 (Ye et al. 2020, arXiv 1912.09729), and where that bound applied;
+    ``clip_c=None``: the loss unchanged, no token bounded."""
+    if clip_c is None:
+        return loss, torch.zeros_like(loss, dtype=torch.bool)
+    bound = -adv * clip_c
+    active = (adv < 0) & (loss > bound)
+    return torch.where(active, bound, loss), active
 
 
 def _masked(loss: Tensor, mask: Tensor) -> Tensor:
