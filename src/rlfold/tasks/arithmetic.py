@@ -8,7 +8,7 @@ import random
 from rlfold.core.errors import DataError
 from rlfold.core.types import Prompt
 from rlfold.tasks.base import TASKS, Task
-from rlfold.tasks.files import DataSource, load_prompts
+from rlfold.tasks.files import DataSource, files_or_generated
 from rlfold.tasks.rows import Columns
 
 # Difficulty levels: (description, operand generator, operator)
@@ -125,19 +125,9 @@ def arith_splits(
     """Train and held-out prompts: generated (held-out independent of ``seed``) or read from dataset files
     (``tasks.files.load_prompts``, columns mapped by ``columns``), and the files read."""
     levels = levels or [2]
-    cols = columns or Columns()
-    sources: list[DataSource] = []
-    if train_file:
-        train, src = load_prompts(train_file, "train", cols)
-        sources.append(src)
-    else:
-        train = make_split(levels, False, held_out_fraction, train_size, seed)
-    if held_out_file:
-        held, src = load_prompts(held_out_file, "held_out", cols)
-        sources.append(src)
-    else:
-        held = make_split(levels, True, held_out_fraction, held_out_size, HELD_OUT_SEED)
-    return train, held, sources
+    return files_or_generated(train_file, held_out_file, columns or Columns(),
+                              lambda: make_split(levels, False, held_out_fraction, train_size, seed),
+                              lambda: make_split(levels, True, held_out_fraction, held_out_size, HELD_OUT_SEED))
 
 
 @TASKS.register("arith")

@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from rlfold.core.errors import DataError
 from rlfold.core.types import Prompt
@@ -136,4 +136,22 @@ def load_prompts(path: str | Path, split: str = "train", cols: Columns = Columns
                                sha256=sha256_of(path))
 
 
-__all__ = ["DataSource", "HF_FORMATS", "file_format", "hf_rows", "jsonl_rows", "load_prompts", "sha256_of"]
+
+def files_or_generated(train_file: str | None, held_out_file: str | None, cols: Columns,
+                       make_train: Callable[[], list[Prompt]], make_held: Callable[[], list[Prompt]]
+                       ) -> tuple[list[Prompt], list[Prompt], list[DataSource]]:
+    """Train and held-out prompts, each read from its dataset file when one is given (``load_prompts``), else
+    made by its generator (called only then); and the files read."""
+    sources: list[DataSource] = []
+    splits: list[list[Prompt]] = []
+    for split, path, make in (("train", train_file, make_train), ("held_out", held_out_file, make_held)):
+        if path:
+            prompts, src = load_prompts(path, split, cols)
+            sources.append(src)
+        else:
+            prompts = make()
+        splits.append(prompts)
+    return splits[0], splits[1], sources
+
+__all__ = ["DataSource", "HF_FORMATS", "file_format", "hf_rows", "files_or_generated", "jsonl_rows", "load_prompts",
+           "sha256_of"]

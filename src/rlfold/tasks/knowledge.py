@@ -24,7 +24,7 @@ from rlfold.core.errors import DataError
 from rlfold.core.types import Prompt
 from rlfold.tasks.arithmetic import is_held_out
 from rlfold.tasks.base import TASKS, Task
-from rlfold.tasks.files import DataSource, load_prompts
+from rlfold.tasks.files import files_or_generated
 from rlfold.tasks.rows import Columns
 
 CORPUS_SEED = 20_250_312  # entities, values and their facts; independent of the run seed
@@ -193,13 +193,7 @@ def search_qa_task(
     ``levels`` is not used (the arithmetic tasks' option); ``train_file``/``held_out_file`` replace the
     generated splits as for ``arith``.
     """
-    train, held = search_qa_splits(train_size, held_out_size, held_out_fraction, seed, memory_fraction, num_entities)
-    cols = columns or Columns()
-    sources: list[DataSource] = []
-    if train_file:
-        train, src = load_prompts(train_file, "train", cols)
-        sources.append(src)
-    if held_out_file:
-        held, src = load_prompts(held_out_file, "held_out", cols)
-        sources.append(src)
+    made = search_qa_splits(train_size, held_out_size, held_out_fraction, seed, memory_fraction, num_entities)
+    train, held, sources = files_or_generated(train_file, held_out_file, columns or Columns(), lambda: made[0],
+                                              lambda: made[1])
     return Task(name="search_qa", train=train, held_out=held, rewards=["search_em"], sources=sources)
