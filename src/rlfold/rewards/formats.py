@@ -14,7 +14,7 @@ from typing import Sequence
 
 from rlfold.core.types import Prompt
 from rlfold.rewards.base import REWARDS
-from rlfold.rewards.qa import cover_match, exact_match_score, gold_answers, normalize_answer
+from rlfold.rewards.qa import against_golds, cover_match, exact_match_score, normalize_answer
 
 # ---------------------------------------------------------------------------------------------------
 # DeepSeek-R1: <think>...</think><answer>...</answer>
@@ -146,12 +146,7 @@ def r1_searcher_stage1(
     read as yes/no), else -1. Plus :func:`r1_searcher_format`. Range [-1, 2]: a correct, well-formed
     answer after one retrieval scores 2.0, a wrong one 0.0. None when the prompt has no gold answer.
     """
-    out: list[float | None] = []
-    for p, c in zip(prompts, completions):
-        golds = gold_answers(p)
-        if not golds:
-            out.append(None)
-            continue
+    def one(c: str, golds: list[str]) -> float:
         retrieval_ok, tags_ok = r1_searcher_format_parts(c, prefilled_think)
         blocks = _ANSWER.findall(c)
         if "<answer>" not in c or "</answer>" not in c or not blocks:
@@ -160,8 +155,9 @@ def r1_searcher_stage1(
             pred = _bool_map(blocks[-1])
             hit = any(cover_match(pred, _bool_map(g), "tokens") for g in golds)
             base = 1.0 if hit else -1.0
-        out.append(base + 0.5 * retrieval_ok + 0.5 * tags_ok)
-    return out
+        return base + 0.5 * retrieval_ok + 0.5 * tags_ok
+
+    return against_golds(prompts, completions, one)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,23 +235,19 @@ def search_r1_em_format(
     ``<information>`` block; not EM and invalid -> ff, or 0 with no answer at all. Defaults 0.2 / 0.1 /
     0.1 as in the code comments. None when the prompt has no gold answer.
     """
-    out: list[float | None] = []
-    for p, c in zip(prompts, completions):
-        golds = gold_answers(p)
-        if not golds:
-            out.append(None)
-            continue
+    def one(c: str, golds: list[str]) -> float:
         valid = is_search_r1_sequence(c)
         blocks = _ANSWER.findall(c)
         answer = blocks[-1].strip() if blocks else None
         em = answer is not None and any(exact_match_score(answer, g) for g in golds)
         if em:
-            out.append(score if valid else score - structure_format_score)
+            return score if valid else score - structure_format_score
         elif valid:
             docs = [normalize_answer(d) for d in _INFORMATION.findall(c)]
             norm_golds = [normalize_answer(g) for g in golds]
             found = any(g and g in d for d in docs for g in norm_golds)
-            out.append(structure_format_score + (retrieval_score if found else 0.0))
+            return structure_format_score + (retrieval_score if found else 0.0)
         else:
-            out.append(0.0 if answer is None else final_format_score)
-    return out
+            return 0.0 if answer is None else final_format_score
+
+    return against_golds(prompts, completions, one)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from rlfold.core.types import Prompt
 from rlfold.rewards.base import REWARDS
@@ -45,6 +45,16 @@ def gold_answers(prompt: Prompt) -> list[str]:
     else:
         golds = [prompt.answer]
     return [g for g in golds if g.strip()]
+
+
+def against_golds(prompts: Sequence[Prompt], completions: Sequence[str],
+                  score: Callable[[str, list[str]], float]) -> list[float | None]:
+    """``score(completion, golds)`` of each sample (``gold_answers`` of its prompt); None where it has no gold."""
+    out: list[float | None] = []
+    for p, c in zip(prompts, completions):
+        golds = gold_answers(p)
+        out.append(score(c, golds) if golds else None)
+    return out
 
 
 def f1_score(prediction: str, gold: str) -> tuple[float, float, float]:
@@ -100,15 +110,11 @@ def qa_exact_match(
     1.0 if the normalised prediction (``<answer>`` content, else the completion) equals any normalised
     gold answer, else 0.0; None when the prompt has no gold answer.
     """
-    out: list[float | None] = []
-    for p, c in zip(prompts, completions):
-        golds = gold_answers(p)
-        if not golds:
-            out.append(None)
-            continue
+    def one(c: str, golds: list[str]) -> float:
         pred = extract_answer(c)
-        out.append(max(exact_match_score(pred, g) for g in golds))
-    return out
+        return max(exact_match_score(pred, g) for g in golds)
+
+    return against_golds(prompts, completions, one)
 
 
 @REWARDS.register("token_f1")
@@ -122,15 +128,11 @@ def token_f1(
     (R1-Searcher's own F1 also maps "True"/"False" to yes/no and zeroes yes/no/noanswer mismatches;
     this is plain SQuAD F1.)
     """
-    out: list[float | None] = []
-    for p, c in zip(prompts, completions):
-        golds = gold_answers(p)
-        if not golds:
-            out.append(None)
-            continue
+    def one(c: str, golds: list[str]) -> float:
         pred = extract_answer(c)
-        out.append(max(f1_score(pred, g)[0] for g in golds))
-    return out
+        return max(f1_score(pred, g)[0] for g in golds)
+
+    return against_golds(prompts, completions, one)
 
 
 @REWARDS.register("cover_exact_match")

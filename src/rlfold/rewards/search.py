@@ -23,7 +23,7 @@ from rlfold.core.registry import TOOL_FORMATS, needs
 from rlfold.core.types import Prompt
 from rlfold.rewards.base import REWARDS, needed_inputs
 from rlfold.rewards.formats import R1_SEARCHER_MARKERS
-from rlfold.rewards.qa import cover_match, exact_match_score, gold_answers, normalize_answer
+from rlfold.rewards.qa import against_golds, cover_match, exact_match_score, normalize_answer
 
 __all__ = ["adasearch_decision", "count_tool_calls", "f1_aware", "hdpo_accuracy", "hdpo_tool",
            "r1_searcher_f1", "r1_searcher_stage2", "search_em", "searched"]
@@ -123,23 +123,18 @@ def search_em(
     """
     if min_matches < 1:
         raise ValueError(f"search_em needs min_matches >= 1, got {min_matches}")
-    out: list[float | None] = []
-    for p, c in zip(prompts, completions):
-        golds = gold_answers(p)
-        if not golds:
-            out.append(None)
-            continue
+    def one(c: str, golds: list[str]) -> float:
         blocks = _ANSWER.findall(c)
         if len(blocks) < min_matches:
-            out.append(0.0)
-            continue
+            return 0.0
         pred = blocks[-1].strip()
         if subem:
             hit = any(cover_match(pred, g, "substring") for g in golds)
         else:
             hit = any(exact_match_score(pred, g) for g in golds)
-        out.append(float(hit))
-    return out
+        return float(hit)
+
+    return against_golds(prompts, completions, one)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,20 +212,16 @@ def r1_searcher_stage2(
     if variant not in ("qwen_zero", "llama"):
         raise ValueError(f"r1_searcher_stage2 variant must be 'qwen_zero' or 'llama', got {variant!r}")
     cost = penalty if penalty is not None else (2.0 if variant == "qwen_zero" else 1.0)
-    out: list[float | None] = []
-    for p, c in zip(prompts, completions):
-        golds = gold_answers(p)
-        if not golds:
-            out.append(None)
-            continue
+    def one(c: str, golds: list[str]) -> float:
         blocks = _ANSWER.findall(c)
         if "<answer>" not in c or "</answer>" not in c or not blocks:
             f1 = 0.0
         else:
             f1 = max(r1_searcher_f1(blocks[-1], g) for g in golds)
         bad = r1_searcher_violations(c, variant, prefilled_think, max_answer_words)
-        out.append(f1 - (cost if bad else 0.0))
-    return out
+        return f1 - (cost if bad else 0.0)
+
+    return against_golds(prompts, completions, one)
 
 
 # ---------------------------------------------------------------------------------------------------
