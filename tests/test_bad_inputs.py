@@ -520,6 +520,10 @@ CASES: list[Case] = [
     # --- tool agents
     Case("agent-unknown-tool", train("rollout.env={name: tool_agent, kwargs: {tools: {search: {name: bm52}}}}"), 2,
          ["bm52", "bm25"]),
+    Case("agent-tool-option-typo", train("rollout.env={name: tool_agent, kwargs: {tools: {calc: {name: calculator, "
+                                         "kwargs: {digts: 3}}}}}"), 2, ["rollout.env.kwargs.tools", "digts", "digits"]),
+    Case("agent-tool-option-value", train("rollout.env={name: tool_agent, kwargs: {tools: {calc: {name: calculator, "
+                                          "kwargs: {digits: 0}}}}}"), 2, ["calculator", "digits=0"]),
     Case("agent-no-tools", train("rollout.env={name: tool_agent, kwargs: {tools: {}}}"), 2, ["at least one tool"]),
     Case("agent-unknown-format", train("rollout.env={name: tool_agent, kwargs: {format: serch_r1, "
                                        "tools: {calc: {name: calculator}}}}"), 2, ["serch_r1", "search_r1"]),

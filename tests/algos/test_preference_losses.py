@@ -596,15 +596,15 @@ def test_bad_options_are_refused(name, kw, match):
 ])
 def test_option_domains_are_read_from_the_signature(name, kw):
     """A config loading these options refuses them from the annotations alone (before any call)."""
-    from rlfold.core.config import _check_kwargs
+    from rlfold.core.config import check_part_options
 
     fn = PREFERENCE_LOSSES.get(name)
     with pytest.raises(ValueError, match=next(iter(kw))):
-        _check_kwargs(("preference", "loss_kwargs"), "preference loss", name, fn, kw, n_positional=1,
+        check_part_options(("preference", "loss_kwargs"), "preference loss", name, fn, kw, n_positional=1,
                       reserved=("beta",))
     ok = {k: v for k, v in {"eps": 0.1, "contrastive_bias": 1.0, "z0": 0.0}.items() if k in kw}
     if ok:
-        _check_kwargs(("preference", "loss_kwargs"), "preference loss", name, fn, ok, n_positional=1,
+        check_part_options(("preference", "loss_kwargs"), "preference loss", name, fn, ok, n_positional=1,
                       reserved=("beta",))
 
 

@@ -449,10 +449,10 @@ class RunConfig(_Strict):
         if not self.rewards:
             raise LocatedValueError(("rewards",), "at least one reward function is required")
         a = self.algo
-        _check_kwargs(("algo", "advantage_kwargs"), "advantage estimator", a.advantage, ADVANTAGES.get(a.advantage),
+        check_part_options(("algo", "advantage_kwargs"), "advantage estimator", a.advantage, ADVANTAGES.get(a.advantage),
                       a.advantage_kwargs, n_positional=3)
         loss_fn = POLICY_LOSSES.get(a.policy_loss)
-        _check_kwargs(("algo", "policy_loss_kwargs"), "policy loss", a.policy_loss, loss_fn,
+        check_part_options(("algo", "policy_loss_kwargs"), "policy loss", a.policy_loss, loss_fn,
                       a.policy_loss_kwargs, n_positional=4)
         for key in CLIP_FIELDS:
             if getattr(a, key) is None:
@@ -460,39 +460,39 @@ class RunConfig(_Strict):
             if key in a.policy_loss_kwargs:
                 raise LocatedValueError(("algo", key), f"{key} is set both as algo.{key} and in "
                                                        "algo.policy_loss_kwargs; set it once")
-            _check_kwargs(("algo",), "policy loss", a.policy_loss, loss_fn, {key: getattr(a, key)}, n_positional=4)
+            check_part_options(("algo",), "policy loss", a.policy_loss, loss_fn, {key: getattr(a, key)}, n_positional=4)
         for i, spec in enumerate(a.group_filters):
-            _check_kwargs(("algo", "group_filters", i, "kwargs"), "group filter", spec.name,
+            check_part_options(("algo", "group_filters", i, "kwargs"), "group filter", spec.name,
                           GROUP_FILTERS.get(spec.name), spec.kwargs, n_positional=1)
-        _check_kwargs(("train", "sampler", "kwargs"), "prompt sampler", self.train.sampler.name,
+        check_part_options(("train", "sampler", "kwargs"), "prompt sampler", self.train.sampler.name,
                       SAMPLERS.get(self.train.sampler.name), self.train.sampler.kwargs, n_positional=1,
                       reserved=("seed",))
-        _check_kwargs(("task", "kwargs"), "task", self.task.name, TASKS.get(self.task.name), self.task.kwargs,
+        check_part_options(("task", "kwargs"), "task", self.task.name, TASKS.get(self.task.name), self.task.kwargs,
                       n_positional=0, reserved=TASK_FIELDS)
         if self.rollout.env is not None:
-            _check_kwargs(("rollout", "env", "kwargs"), "environment", self.rollout.env.name,
+            check_part_options(("rollout", "env", "kwargs"), "environment", self.rollout.env.name,
                           ENVIRONMENTS.get(self.rollout.env.name), self.rollout.env.kwargs, n_positional=0)
         elif self.eval.multi_turn:
             raise LocatedValueError(("eval", "multi_turn"), "eval.multi_turn runs held-out episodes in rollout.env, "
                                                              "but rollout.env is not set")
         for i, spec in enumerate(a.selection):
-            _check_kwargs(("algo", "selection", i, "kwargs"), "selection part", spec.name, SELECTIONS.get(spec.name),
+            check_part_options(("algo", "selection", i, "kwargs"), "selection part", spec.name, SELECTIONS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("generator",))
         for key in ("engine", "eval_engine"):
-            _check_kwargs(("rollout", f"{key}_kwargs"), "rollout engine", getattr(self.rollout, key),
+            check_part_options(("rollout", f"{key}_kwargs"), "rollout engine", getattr(self.rollout, key),
                           ENGINES.get(getattr(self.rollout, key)), getattr(self.rollout, f"{key}_kwargs"),
                           n_positional=1)
         for i, spec in enumerate(self.shaping):
-            _check_kwargs(("shaping", i, "kwargs"), "reward-shaping part", spec.name, SHAPINGS.get(spec.name),
+            check_part_options(("shaping", i, "kwargs"), "reward-shaping part", spec.name, SHAPINGS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("state",))
         for i, spec in enumerate(self.rewards):
-            _check_kwargs(("rewards", i, "kwargs"), "reward function", spec.name, REWARDS.get(spec.name),
+            check_part_options(("rewards", i, "kwargs"), "reward function", spec.name, REWARDS.get(spec.name),
                           spec.kwargs, n_positional=3)
         pref = self.preference
         if "beta" in pref.loss_kwargs:
             raise LocatedValueError(("preference", "loss_kwargs", "beta"), "beta is set by preference.beta; set it "
                                                                             "there, not in preference.loss_kwargs")
-        _check_kwargs(("preference", "loss_kwargs"), "preference loss", pref.loss, PREFERENCE_LOSSES.get(pref.loss),
+        check_part_options(("preference", "loss_kwargs"), "preference loss", pref.loss, PREFERENCE_LOSSES.get(pref.loss),
                       pref.loss_kwargs, n_positional=1, reserved=("beta",))
         if pref.logp_reduction == "mean" and getattr(PREFERENCE_LOSSES.get(pref.loss), "reads_lengths", False):
             raise LocatedValueError(("preference", "logp_reduction"), (
@@ -531,8 +531,8 @@ class RunConfig(_Strict):
                     f"and rollout.top_k 0 (off) or >= 2; {opt_out}"))
 
 
-def _check_kwargs(loc: tuple[Any, ...], kind: str, name: str, fn: Any, given: dict[str, Any], *,
-                  n_positional: int, reserved: tuple[str, ...] = ()) -> None:
+def check_part_options(loc: tuple[Any, ...], kind: str, name: str, fn: Any, given: dict[str, Any], *,
+                       n_positional: int, reserved: tuple[str, ...] = ()) -> None:
     """Every key of ``given`` must be a keyword option of part ``fn`` (after its positional tensors),
     every value must fit the option's annotation, and every option without a default must be given.
 

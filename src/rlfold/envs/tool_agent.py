@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rlfold.core.config import check_part_options
 from rlfold.core.contracts import EnvStep
 from rlfold.core.errors import ConfigError
 from rlfold.core.registry import ENVIRONMENTS, TOOL_FORMATS, TOOLS
@@ -22,6 +23,12 @@ class ToolSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="registered tool (bm25, calculator, python)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the tool")
+
+    @model_validator(mode="after")
+    def _registered_with_valid_options(self) -> "ToolSpec":
+        """The tool is registered and ``kwargs`` fit its signature (checked when the config loads)."""
+        check_part_options(("kwargs",), "tool", self.name, TOOLS.get(self.name), self.kwargs, n_positional=0)
+        return self
 
 
 @dataclass
