@@ -197,6 +197,7 @@ def recipe_parts(cfg) -> list[str]:
         extra.append(f"KL {a.kl_estimator} x {a.kl_coef:g} in the {a.kl_in}" + (" (adaptive)" if a.kl_ctrl == "adaptive" else ""))
     extra += [f"filter {f.name} (<= {a.max_gen_batches} rounds)" for f in a.group_filters]
     extra += [f"select {s.name}" for s in a.selection]
+    extra += [f"regulariser {r.name} x {r.coef:g}" for r in a.regularizers]
     if a.entropy_coef:
         extra.append(f"entropy bonus {a.entropy_coef:g}")
     if a.sft_coef:
@@ -214,6 +215,8 @@ def recipe_parts(cfg) -> list[str]:
         extra.append(f"environment {cfg.rollout.env.name}")
     if cfg.train.sampler.name != "uniform":
         extra.append(f"sampler {cfg.train.sampler.name}")
+    if cfg.reward_aggregation.name != "weighted_sum":
+        extra.append(f"rewards combined by {cfg.reward_aggregation.name}")
     extra += [f"shaping {s.name}" for s in cfg.shaping]
     shaping = [r.name for r in cfg.rewards if r.name not in ("exact_match", "format")]
     extra += [f"reward {n}" for n in shaping]

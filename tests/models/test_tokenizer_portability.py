@@ -12,7 +12,7 @@ from rlfold.models.portable import byte_level_rewrites
 from rlfold.models.tiny import CHARACTERS, build_char_tokenizer, build_tiny_model
 from rlfold.trainers.checkpoint import save_pretrained_atomic
 
-SHIPPED = ["tiny-arith", "tiny-search", "tiny-verbose-arith"]
+SHIPPED = ["tiny-arith", "tiny-confidence-arith", "tiny-graded-verbose-arith", "tiny-search", "tiny-verbose-arith"]
 TEXTS = [
     "58+67=125. check 125.",
     " leading, double  spaces and a trailing one ",

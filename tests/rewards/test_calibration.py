@@ -86,3 +86,15 @@ def test_doubt_registered_and_scored_by_name():
     res = score_rewards([("rewarding_doubt", 0.5, {"scale": 1.0})], [P, P],
                         ["Answer: 125, Confidence: 10", "nonsense"], [FINISH_STOP] * 2)
     assert res.total.tolist() == pytest.approx([0.625, -1.5])
+
+
+def test_answer_confidence_match_is_the_accuracy_of_the_stated_answer():
+    from rlfold.rewards.calibration import answer_confidence_match
+
+    completions = ["Answer: 125, Confidence: 3", "Answer: 124, Confidence: 10", "Answer: 125, Confidence: 11",
+                   "125", "Answer: 125"]
+    got = answer_confidence_match([P] * 5, completions, [FINISH_STOP] * 5)
+    # right whatever the confidence (even out of range); no format, no answer
+    assert got == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert answer_confidence_match([Prompt("q", "The Beatles")], ["Answer: beatles, Confidence: 5"], [FINISH_STOP],
+                                   verifier="normalized_exact_match") == [1.0]

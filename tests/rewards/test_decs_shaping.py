@@ -104,5 +104,6 @@ def test_decs_with_char_tokenizer_and_stop_token() -> None:
     k = len("Work.\nIt is 42.\n")
     post = 1.0 - 0.1 * lengths[0] / 100
     assert tr[0, :k].tolist() == pytest.approx([1.1] * k)
-    assert tr[0, k: lengths[0]].tolist() == pytest.approx([post] * (lengths[0] - k))  # stop token too
+    assert tr[0, k: lengths[0] - 1].tolist() == pytest.approx([post] * (lengths[0] - 1 - k))
+    assert tr[0, lengths[0] - 1].item() == pytest.approx(1.1)  # the stop token ends the answer: not thinking
     assert (tr[1] == 0).all()

@@ -1,8 +1,9 @@
 """Algorithm layer: pure tensor functions registered under their literature names.
 
 Importing this package registers every part: advantage estimators (``ADVANTAGES``), per-token
-policy losses (``POLICY_LOSSES``), loss aggregations (``AGGREGATIONS``) and KL estimators
-(``KL_ESTIMATORS``). No model, no I/O, no global state besides these registries.
+policy losses (``POLICY_LOSSES``), loss aggregations (``AGGREGATIONS``), KL estimators
+(``KL_ESTIMATORS``) and sequence-level regularisers (``REGULARIZERS``). No model, no I/O, no
+global state besides these registries.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from rlfold.algos import advantages, aggregation, critic, group_filters, kl, pol
 from rlfold.algos import hdpo  # noqa: F401  (registers the hdpo advantage)
 from rlfold.algos import aepo  # noqa: F401  (registers aepo_clip and aepo_entropy_advantage)
 from rlfold.algos import preference  # noqa: F401  (registers PREFERENCE_LOSSES)
+from rlfold.algos import occupancy, regularizers  # noqa: F401  (registers REGULARIZERS: chi2_occupancy)
 from rlfold.algos.advantages import ADVANTAGES
 from rlfold.algos.aggregation import AGGREGATIONS, Aggregation, aggregate
 from rlfold.algos.kl import KL_ESTIMATORS
 from rlfold.algos.policy_losses import POLICY_LOSSES
-from rlfold.core.registry import GROUP_FILTERS, SELECTIONS
+from rlfold.core.registry import GROUP_FILTERS, REGULARIZERS, SELECTIONS
 
 __all__ = [
     "ADVANTAGES",
@@ -24,6 +26,7 @@ __all__ = [
     "Aggregation",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
+    "REGULARIZERS",
     "SELECTIONS",
     "advantages",
     "aggregate",
@@ -33,5 +36,7 @@ __all__ = [
     "selection",
     "token_advantages",
     "kl",
+    "occupancy",
+    "regularizers",
     "policy_losses",
 ]

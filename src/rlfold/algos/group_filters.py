@@ -1,13 +1,17 @@
 """Group filters (the ``GROUP_FILTERS`` registry): which prompt groups of a generation round a step keeps.
 
 A filter is ``fn(inp: GroupFilterInput, *, <options>) -> keep [N] bool`` (a row is kept when its
-whole group is); the collector applies the filters in order while it generates, and refills with new
-prompts until the step has B groups or ``algo.max_gen_batches`` rounds were spent.
+whole group is), or a ``Kept`` (the mask and metrics to log); the collector applies the filters in
+order while it generates, and refills with new prompts until the step has B groups or
+``algo.max_gen_batches`` rounds were spent. A filter declared ``@needs("state")`` gets a ``state``
+dict of its own that persists across rounds and steps and is saved in every checkpoint (a
+curriculum that adapts from step to step).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -27,6 +31,17 @@ class GroupFilterInput:
     scores: Tensor      # [N] total reward of each row (unscorable rows hold their group's mean)
     accuracy: Tensor    # [N] the accuracy reward of each row (NaN: unscorable)
     group_ids: Tensor   # [N] rows with the same id answer the same prompt
+    step: int = 0       # the training step the round belongs to
+    round: int = 0      # the generation round within the step (0: the first)
+    metrics: Mapping[str, float] = field(default_factory=dict)  # the scorer's metrics of the round (shaping/...)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A filter's answer with metrics: ``keep`` [N] bool, and scalars the step logs (the last round's)."""
+
+    keep: Tensor
+    metrics: dict[str, float]
 
 
 def filter_groups(scores: Tensor, group_ids: Tensor) -> Tensor:
@@ -70,4 +85,4 @@ def dynamic_sampling(inp: GroupFilterInput, *, metric: Literal["acc", "reward"] 
     return filter_groups(values, inp.group_ids)
 
 
-__all__ = ["GROUP_FILTERS", "GroupFilterInput", "dynamic_sampling", "filter_groups"]
+__all__ = ["GROUP_FILTERS", "GroupFilterInput", "Kept", "dynamic_sampling", "filter_groups"]

@@ -10,8 +10,10 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from rlfold.core.registry import (
-    ADVANTAGES, AGGREGATIONS, COLLECTORS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES,
-    PREFERENCE_LOSSES, REWARDS, SAMPLERS, SELECTIONS, SHAPINGS, TASKS, TRACKERS, TRAINERS, needed_inputs,
+    ADVANTAGES, AGGREGATIONS, COLLECTORS, CONFIDENCE_PARSERS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS,
+    POLICY_LOSSES,
+    PREFERENCE_LOSSES, REGULARIZERS, REWARD_AGGREGATORS, REWARDS, SAMPLERS, SELECTIONS, SHAPINGS, TASKS, TRACKERS,
+    TRAINERS, needed_inputs, reward_check,
 )
 from rlfold.core.config_preference import PreferenceConfig
 from rlfold.core.config_reward_modeling import RewardModelingConfig
@@ -109,9 +111,21 @@ class RewardSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the reward function")
 
 
+class AggregationSpec(_Strict):
+    name: str = Field("weighted_sum", description="registered reward aggregator (weighted_sum, gated): how the "
+                                                  "scores of rewards[] combine into one reward per rollout")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the reward aggregator")
+
+
 class SelectionSpec(_Strict):
     name: str = Field(description="registered selection part (mask_truncated, top_entropy, pf_ppo, tis, ...)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the selection part")
+
+
+class RegularizerSpec(_Strict):
+    name: str = Field(description="registered sequence-level regulariser (chi2_occupancy, ...)")
+    coef: float = Field(ge=0, description="coefficient of the regulariser's penalty in the loss (0: logged only)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the regulariser")
 
 
 class ShapingSpec(_Strict):
@@ -206,6 +220,9 @@ class AlgoConfig(_Strict):
     entropy_coef: float = Field(0.0, description="entropy bonus: loss -= entropy_coef * aggregated entropy")
     sft_coef: float = Field(0.0, ge=0, description="weight of an NLL loss on the task's demonstrations")
     selection: list[SelectionSpec] = Field(default_factory=list, description="selection parts, applied in order")
+    regularizers: list[RegularizerSpec] = Field(
+        default_factory=list, description="sequence-level regularisers added to the loss beside KL (chi2_occupancy: "
+                                          "docs/regularizers.md); one needing the reference builds it")
     group_filters: list[GroupFilterSpec] = Field(
         default_factory=list, description="group filters, applied in order while collecting: a prompt group "
                                           "that any filter rejects is dropped and more prompts are generated")
@@ -330,6 +347,11 @@ class EvalConfig(_Strict):
     group_key: Optional[str] = Field(
         None, min_length=1, description="dataset column (Prompt.meta) to break held-out accuracy down by: "
                                         "val/<task>/acc/<value> per value (e.g. kind: knowledge vs memory questions)")
+    confidence: Optional[str] = Field(
+        None, min_length=1, description="confidence parser (registered) reading the confidence each greedy answer "
+                                        "states, for val/<task>/ece (10 equal-width bins), val/<task>/brier and "
+                                        "val/<task>/confidence_invalid (unreadable ones count as 0.5); None: not "
+                                        "measured")
 
 
 class RayConfig(_Strict):
@@ -391,8 +413,12 @@ class RunConfig(_Strict):
                                                                      "verifiable answers")
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="exact_match"), RewardSpec(name="format", weight=0.1)],
-        description="reward functions, summed by weight into each rollout's reward (at least one)",
+        description="reward functions, combined by reward_aggregation (default: summed by weight) into each "
+                    "rollout's reward (at least one)",
     )
+    reward_aggregation: AggregationSpec = Field(
+        default_factory=AggregationSpec, description="how the reward functions' scores combine into one reward, "
+                                                     "before the shaping parts (gated: constraints gate objectives)")
     accuracy_reward: str = Field("exact_match", description="reward whose mean is logged as acc/mean")
     reward_errors: Literal["raise", "none"] = Field(
         "raise", description="a reward function that raises: stop the run, or score that sample None (unscorable)")
@@ -434,12 +460,15 @@ class RunConfig(_Strict):
             (("algo", "loss_agg"), self.algo.loss_agg, AGGREGATIONS),
             (("algo", "kl_estimator"), self.algo.kl_estimator, KL_ESTIMATORS),
             (("accuracy_reward",), self.accuracy_reward, REWARDS),
+            (("reward_aggregation", "name"), self.reward_aggregation.name, REWARD_AGGREGATORS),
             (("preference", "loss"), self.preference.loss, PREFERENCE_LOSSES),
         ] + [(("rewards", i, "name"), r.name, REWARDS) for i, r in enumerate(self.rewards)] \
           + [(("algo", "selection", i, "name"), s.name, SELECTIONS) for i, s in enumerate(self.algo.selection)] \
+          + [(("algo", "regularizers", i, "name"), r.name, REGULARIZERS) for i, r in enumerate(self.algo.regularizers)] \
           + [(("shaping", i, "name"), s.name, SHAPINGS) for i, s in enumerate(self.shaping)] \
           + [(("algo", "group_filters", i, "name"), f.name, GROUP_FILTERS) for i, f in enumerate(self.algo.group_filters)] \
           + ([(("rollout", "env", "name"), self.rollout.env.name, ENVIRONMENTS)] if self.rollout.env else []) \
+          + ([(("eval", "confidence"), self.eval.confidence, CONFIDENCE_PARSERS)] if self.eval.confidence else []) \
           + [(("log", "trackers", i), t, TRACKERS) for i, t in enumerate(self.log.trackers)]
         for loc, value, registry in checks:
             if value not in registry:
@@ -478,6 +507,9 @@ class RunConfig(_Strict):
         for i, spec in enumerate(a.selection):
             check_part_options(("algo", "selection", i, "kwargs"), "selection part", spec.name, SELECTIONS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("generator",))
+        for i, spec in enumerate(a.regularizers):
+            check_part_options(("algo", "regularizers", i, "kwargs"), "regulariser", spec.name,
+                               REGULARIZERS.get(spec.name), spec.kwargs, n_positional=0)
         for key in ("engine", "eval_engine"):
             check_part_options(("rollout", f"{key}_kwargs"), "rollout engine", getattr(self.rollout, key),
                           ENGINES.get(getattr(self.rollout, key)), getattr(self.rollout, f"{key}_kwargs"),
@@ -488,6 +520,14 @@ class RunConfig(_Strict):
         for i, spec in enumerate(self.rewards):
             check_part_options(("rewards", i, "kwargs"), "reward function", spec.name, REWARDS.get(spec.name),
                           spec.kwargs, n_positional=3)
+        agg = self.reward_aggregation
+        aggregator = REWARD_AGGREGATORS.get(agg.name)
+        check_part_options(("reward_aggregation", "kwargs"), "reward aggregator", agg.name, aggregator, agg.kwargs,
+                           n_positional=1)
+        check = reward_check(aggregator)
+        problem = check([(r.name, r.weight) for r in self.rewards], **agg.kwargs) if check is not None else None
+        if problem is not None:
+            raise LocatedValueError(("reward_aggregation", "kwargs", *problem[0]), problem[1])
         pref = self.preference
         if "beta" in pref.loss_kwargs:
             raise LocatedValueError(("preference", "loss_kwargs", "beta"), "beta is set by preference.beta; set it "

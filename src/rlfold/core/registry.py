@@ -112,6 +112,26 @@ def needed_inputs(part: object) -> tuple[str, ...]:
     return tuple(getattr(part, "needs", ()))
 
 
+def checks_rewards(check: Callable[..., "tuple[tuple, str] | None"]) -> Callable[[T], T]:
+    """Declare how a part's options that name reward functions are checked against the run's ``rewards``.
+
+    ``check(rewards, **options)`` gets the run's ``(name, weight)`` pairs in recipe order and returns
+    ``(location inside the options, message)`` of the first problem, or None; config validation reports
+    it at that location (a reward aggregator's ``gates`` naming a reward the run does not score).
+    """
+
+    def deco(obj: T) -> T:
+        obj.checks_rewards = check  # type: ignore[attr-defined]
+        return obj
+
+    return deco
+
+
+def reward_check(part: object) -> Callable[..., "tuple[tuple, str] | None"] | None:
+    """The check declared with ``@checks_rewards`` (None for a part whose options name no reward)."""
+    return getattr(part, "checks_rewards", None)
+
+
 # The named registries. They live in the core so that configuration can be validated against them
 # without importing the layers that fill them; the built-in parts are registered on first read (above).
 ADVANTAGES: Registry = Registry("advantage estimator")
@@ -132,3 +152,6 @@ COLLECTORS: Registry = Registry("rollout collector")  # rollout.async_mode: sync
 TOOLS: Registry = Registry("tool")  # what an agent calls between turns: bm25, calculator, python
 TOOL_FORMATS: Registry = Registry("tool-call format")  # how a turn writes a call and reads its result: search_r1, ...
 PREFERENCE_LOSSES: Registry = Registry("preference loss")  # preference.loss: dpo, ipo, kto, lipo_lambda, ...
+REGULARIZERS: Registry = Registry("regulariser")  # algo.regularizers: chi2_occupancy, ... (algos.regularizers)
+CONFIDENCE_PARSERS: Registry = Registry("confidence parser")  # eval.confidence: completion -> stated p in [0, 1]
+REWARD_AGGREGATORS: Registry = Registry("reward aggregator")  # reward_aggregation.name: weighted_sum, gated

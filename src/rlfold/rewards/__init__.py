@@ -19,11 +19,13 @@ from rlfold.rewards import (  # noqa: F401,E402
     decs_shaping as _decs_shaping,
     redundancy as _redundancy,
     crf as _crf,
+    hackable as _hackable,
     reward_models as _reward_models,
     env_reward as _env_reward,
     search as _search,
     search_retrieval as _search_retrieval,
     search_rubric as _search_rubric,
+    aggregation as _aggregation,
 )
 
 __all__ = ["REWARDS", "SHAPINGS", "RewardFn", "ScoreResult", "Shaped", "ShapingInput", "score_batch", "score_rewards"]

@@ -14,11 +14,13 @@ from typing import Annotated, Sequence
 from pydantic import Field
 
 from rlfold.core.options import registered
+from rlfold.core.registry import CONFIDENCE_PARSERS
 from rlfold.core.types import Prompt
 from rlfold.rewards.answer_match import VERIFIERS, resolve_verifier
 from rlfold.rewards.base import REWARDS
 
-__all__ = ["VERIFIERS", "doubt_score", "parse_answer_confidence", "rewarding_doubt"]
+__all__ = ["VERIFIERS", "answer_confidence", "answer_confidence_match", "doubt_score", "parse_answer_confidence",
+           "rewarding_doubt"]
 
 # ----------------------------------------------------------------------------- Rewarding Doubt
 
@@ -36,6 +38,19 @@ def parse_answer_confidence(completion: str) -> tuple[str, int] | None:
     if m is None:
         return None
     return m.group("answer").strip(), int(m.group("confidence"))
+
+
+@CONFIDENCE_PARSERS.register("answer_confidence")
+def answer_confidence(completion: str) -> float | None:
+    """Rewarding Doubt (arXiv 2503.02623): the confidence stated as ``"Answer: <a>, Confidence: <0-10>"``, as p = c / 10.
+
+    None when the format is absent or the confidence is outside 0..10 (what the reward pays the invalid
+    penalty for). Named by ``eval.confidence`` for the held-out ``ece`` / ``brier`` metrics.
+    """
+    parsed = parse_answer_confidence(completion)
+    if parsed is None or not 0 <= parsed[1] <= 10:
+        return None
+    return parsed[1] / 10.0
 
 
 def doubt_score(
@@ -101,4 +116,26 @@ def rewarding_doubt(
         answer, conf = parsed
         out.append(doubt_score(check(answer, p.answer), conf, scale=scale, eps=eps, normalize=normalize,
                                correct_bonus=correct_bonus, invalid_reward=invalid_reward))
+    return out
+
+
+@REWARDS.register("answer_confidence_match")
+def answer_confidence_match(
+    prompts: Sequence[Prompt],
+    completions: Sequence[str],
+    finishes: Sequence[str],
+    *,
+    verifier: Annotated[str, registered(VERIFIERS, "verifier")] = "exact_match",
+) -> list[float]:
+    """Rewarding Doubt (arXiv 2503.02623) accuracy: 1 if the answer of ``"Answer: <a>, Confidence: <c>"`` is right.
+
+    The answer is checked against ``prompt.answer`` with ``verifier`` (as in ``rewarding_doubt``); a
+    completion without the format scores 0. The confidence is not judged (it may be out of range):
+    this is the accuracy that calibration is measured against.
+    """
+    check = resolve_verifier(verifier, "answer_confidence_match")
+    out: list[float] = []
+    for p, c in zip(prompts, completions):
+        parsed = parse_answer_confidence(c)
+        out.append(1.0 if parsed is not None and check(parsed[0], p.answer) else 0.0)
     return out

@@ -82,9 +82,9 @@ def decs(
 
     with L_i = ``inp.lengths`` (tokens) and L_max = ``inp.max_len``. Choices where the paper is
     silent or differs: a correct row whose detector finds no NRP is treated as all NRP (every token
-    r_+); without ``</think>`` the whole completion is the thinking segment (so every token after
-    the NRP is penalised, a trailing stop token included); ``think_tags=None`` disables tag
-    handling; masked (padding) tokens get 0 (the paper's r_+ on padding never reaches the loss).
+    r_+); without ``</think>`` the whole text is the thinking segment, and the stop token that
+    ends it counts as answer (r_+: penalising it would penalise stopping right after the NRP, the
+    behaviour DECS rewards); ``think_tags=None`` disables tag handling; masked (padding) tokens get 0 (the paper's r_+ on padding never reaches the loss).
     ``scores`` = r_+ * correct (the sequence reward that token-free consumers and metrics see);
     ``token_rewards`` [N, R] is what the trainer uses; pair it with the ``decs`` advantage
     (per-position group normalisation). The κ data
@@ -114,9 +114,9 @@ def decs(
         if nrp is not None:
             ids = inp.response_ids[i, cols[i]].tolist() if inp.response_ids is not None else None
             end_char = min(max(t0 + int(nrp), t0), t1)
+            # without </think> the thinking segment is the whole text; a stop token after it is not
+            # thinking (it ends the answer), so stopping right after the NRP is never penalised
             n_nrp, n_think_end = token_counts(text, ids, n_tok, inp.tokenizer, [end_char, t1])
-            if not (think_tags and think_tags[1] in text):
-                n_think_end = n_tok  # no </think>: every later token is thinking, a stop token included
             if n_think_end > n_nrp:
                 value = decs_post_nrp_value(float(inp.lengths[i]), inp.max_len, r_plus, r_zero)
                 row[n_nrp:n_think_end] = value

@@ -5,8 +5,10 @@ The prompts and gold answers are those of ``arith``; what differs is the shipped
 answer, then write zero to three re-checks such as ``"wait, 125. "`` before the final answer
 (``"125. check 125. wait, 125. 125"``). The answer is computed once, right after the prompt, and the
 re-checks only copy it, so they are pure overhead: efficiency methods can remove them without
-changing how the answer is computed. Rewards: ``final_answer`` (the last integer of the completion
-is the gold answer).
+changing how the answer is computed. A second base, ``tiny-graded-verbose-arith`` (same script,
+``--graded``), writes the same re-checks but drops the carries of about half its carry problems, so
+its problems have graded difficulty (those without a carry are easy) for the difficulty-aware methods.
+Rewards: ``final_answer`` (the last integer of the completion is the gold answer).
 """
 
 from __future__ import annotations

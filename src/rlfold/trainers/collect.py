@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from rlfold.algos.group_filters import GROUP_FILTERS, GroupFilterInput
+from rlfold.algos.group_filters import GROUP_FILTERS, GroupFilterInput, Kept
 from rlfold.core.contracts import PromptSource
-from rlfold.core.registry import COLLECTORS
+from rlfold.core.registry import COLLECTORS, needed_inputs
 from rlfold.core.seeding import derive_seed
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.rollout import Engine, SamplingParams, requests_for
@@ -44,6 +44,22 @@ class Sampled:
     per_fn: dict[str, torch.Tensor] = field(default_factory=dict)  # [N] raw score of each reward function
 
 
+class FilterState:
+    """The ``state`` dicts of the group filters declared ``@needs("state")``, saved in checkpoints."""
+
+    def __init__(self, filters: Sequence[Callable[..., Any]]) -> None:
+        self.states: list[dict[str, Any]] = [{} for _ in filters]
+        self.stateful = any("state" in needed_inputs(fn) for fn in filters)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"filters": self.states}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for mine, theirs in zip(self.states, state.get("filters", [])):
+            mine.clear()
+            mine.update(theirs)
+
+
 class RolloutCollector:
     """Owns the engine calls of a step: B prompts from the sampler, G samples each, scored (synchronous:
     the rollouts of step k come from the weights of step k, on-policy).
@@ -61,6 +77,8 @@ class RolloutCollector:
         self.engine, self.params, self.sampler, self.scorer = engine, params, sampler, scorer
         self.b, self.seed = prompts_per_step, seed
         self.filters = [(GROUP_FILTERS.get(name), dict(kwargs)) for name, kwargs in group_filters]
+        self.filter_state = FilterState([fn for fn, _ in self.filters])
+        self.filter_metrics: dict[str, float] = {}  # what the filters reported in the last round
         self.rounds = max_gen_batches if self.filters else 1
         self.version = 0  # updates the engine's weights have had (set through ``new_weights``)
 
@@ -82,12 +100,16 @@ class RolloutCollector:
         finally:
             self.engine.sleep()
 
-    def _keep(self, scored: Scored, group_ids: torch.Tensor) -> torch.Tensor:
+    def _keep(self, scored: Scored, group_ids: torch.Tensor, step: int, round_: int) -> torch.Tensor:
         keep = torch.ones(group_ids.shape[0], dtype=torch.bool)
         inp = GroupFilterInput(scores=scored.scores, accuracy=scored.per_fn[self.scorer.accuracy_reward],
-                               group_ids=group_ids)
-        for fn, kwargs in self.filters:
-            keep &= fn(inp, **kwargs)
+                               group_ids=group_ids, step=step, round=round_, metrics=scored.metrics)
+        for (fn, kwargs), state in zip(self.filters, self.filter_state.states):
+            out = fn(inp, **kwargs, **({"state": state} if "state" in needed_inputs(fn) else {}))
+            if isinstance(out, Kept):
+                self.filter_metrics.update(out.metrics)
+                out = out.keep
+            keep &= out
         return keep
 
     def collect(self, step: int, purpose: str = "rollout") -> Sampled:
@@ -139,7 +161,7 @@ class RolloutCollector:
             self.sampler.on_completed(reps)
             if not self.filters:
                 break
-            keep = self._keep(scored, group_ids)
+            keep = self._keep(scored, group_ids, step, round_)
             kept.append(keep)
             n_kept += int(keep.sum()) // n
             if n_kept >= b:
@@ -165,7 +187,8 @@ class RolloutCollector:
                 rows = keep_all.nonzero().flatten()[: b * n]
             else:
                 rows = torch.arange(all_roll.size - b * n, all_roll.size)
-            extra.update({"rollout/gen_batches": float(len(seen)), "rollout/kept_groups": float(min(n_kept, b))})
+            extra.update({"rollout/gen_batches": float(len(seen)), "rollout/kept_groups": float(min(n_kept, b)),
+                          **self.filter_metrics})
         extra.update(self.sampler.metrics())
         train_roll = all_roll.select(rows)
         return Sampled(
@@ -185,4 +208,4 @@ def sync(engine: Engine, params: SamplingParams, sampler: PromptSource, scorer: 
     return RolloutCollector(engine, params, sampler, scorer, **kwargs)
 
 
-__all__ = ["VERSION_KEY", "RolloutCollector", "Sampled", "sync", "with_version"]
+__all__ = ["VERSION_KEY", "FilterState", "RolloutCollector", "Sampled", "sync", "with_version"]

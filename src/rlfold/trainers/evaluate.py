@@ -1,4 +1,5 @@
-"""Held-out evaluation: greedy accuracy, unbiased pass@k and mean response length."""
+"""Held-out evaluation: greedy accuracy, unbiased pass@k, mean response length and, for answers that state a
+confidence, expected calibration error and Brier score."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from rlfold.core.registry import CONFIDENCE_PARSERS
 from rlfold.core.seeding import derive_seed
 from rlfold.core.types import Prompt
 from rlfold.rewards import score_batch
@@ -21,6 +23,51 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+# The probability given to a greedy answer whose confidence cannot be read (no parser match, or out of range)
+# in ``ece`` and ``brier``: the uninformative 0.5. How often that happens is reported as ``confidence_invalid``.
+INVALID_CONFIDENCE = 0.5
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[float], bins: int = 10) -> float:
+    """Expected calibration error with ``bins`` equal-width bins (Guo et al. 2017, arXiv 1706.04599).
+
+    ECE = sum_b (n_b / N) |acc_b - conf_b|, where bin b holds the p in [b/bins, (b+1)/bins) (the last bin
+    also holds p = 1), acc_b is the mean correctness and conf_b the mean confidence of its samples.
+    """
+    if len(confidences) != len(correct):
+        raise ValueError(f"{len(confidences)} confidences but {len(correct)} correctness values")
+    if not confidences:
+        raise ValueError("expected_calibration_error needs at least one sample")
+    p = torch.tensor([float(x) for x in confidences], dtype=torch.float64)
+    y = torch.tensor([float(x) for x in correct], dtype=torch.float64)
+    if bool(((p < 0) | (p > 1)).any()):
+        raise ValueError(f"confidences must lie in [0, 1], got {p.tolist()}")
+    which = torch.clamp(torch.floor(p * bins + 1e-9).long(), max=bins - 1)  # 1e-9: (1 - 0.7) * 10 = 2.99..96 -> bin 3
+    n = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, torch.ones_like(p))
+    acc = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, y)
+    conf = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, p)
+    return float((acc - conf).abs().sum() / len(p))  # sum_b (n_b/N) |acc_b/n_b - conf_b/n_b|
+
+
+def brier_score(confidences: Sequence[float], correct: Sequence[float]) -> float:
+    """Brier score (Brier 1950): mean (p - correct)^2 over the samples (0 is perfect; always saying 0.5 gives 0.25)."""
+    if len(confidences) != len(correct):
+        raise ValueError(f"{len(confidences)} confidences but {len(correct)} correctness values")
+    if not confidences:
+        raise ValueError("brier_score needs at least one sample")
+    p = torch.tensor([float(x) for x in confidences], dtype=torch.float64)
+    y = torch.tensor([float(x) for x in correct], dtype=torch.float64)
+    return float(((p - y) ** 2).mean())
+
+
+def calibration_metrics(stated: Sequence[float | None], correct: Sequence[float]) -> dict[str, float]:
+    """``ece``, ``brier`` and ``confidence_invalid`` (share of answers whose confidence could not be read; those
+    count as ``INVALID_CONFIDENCE`` in the other two) from stated probabilities (None: unreadable)."""
+    p = [INVALID_CONFIDENCE if s is None else float(s) for s in stated]
+    return {"ece": expected_calibration_error(p, correct), "brier": brier_score(p, correct),
+            "confidence_invalid": sum(s is None for s in stated) / len(stated)}
+
+
 def evaluate(
     engine,
     prompts: Sequence[Prompt],
@@ -30,12 +77,19 @@ def evaluate(
     seed: int = 1234,
     batch_size: int = 256,
     group_key: str | None = None,
+    confidence: str | None = None,
 ) -> dict[str, float]:
     """``acc`` (greedy), ``pass@k`` (k samples at temperature 1) and ``length`` (greedy tokens).
+
+    With ``confidence`` (a registered confidence parser, ``eval.confidence``), the greedy completions'
+    stated confidences are read by it and scored against their correctness (accuracy reward > 0.5):
+    ``ece``, ``brier`` and ``confidence_invalid`` (``calibration_metrics``).
 
     A multi-turn engine's per-episode extras (``turns``, ``tools/calls``, ...) of the greedy episodes are
     averaged as ``<key>/mean``. With ``group_key``, the greedy accuracy and those means are also given per
     value of that dataset column, as ``acc/<value>`` and ``<key>/mean/<value>``."""
+    read = CONFIDENCE_PARSERS.get(confidence) if confidence is not None else None
+    stated: list[float | None] = []
     correct, lengths, passes = 0.0, 0.0, 0.0
     greedy = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, n=1)
     sampled = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=k)
@@ -47,6 +101,8 @@ def evaluate(
                                 rollout_extras=extras_rows(roll.extras, roll.size))
         correct += float(scores.sum())
         per_row["acc"] += [float(x) for x in scores]
+        if read is not None:
+            stated += [read(text) for text in roll.response_texts]
         for key, values in roll.extras.items():
             if isinstance(values, list) and len(values) == len(chunk) and all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
@@ -61,6 +117,8 @@ def evaluate(
     n = len(prompts)
     out = {"acc": correct / n, f"pass@{k}": passes / n, "length": lengths / n}
     out.update({key: sum(v) / len(v) for key, v in per_row.items() if key != "acc" and len(v) == n})
+    if read is not None:
+        out.update(calibration_metrics(stated, [float(x > 0.5) for x in per_row["acc"]]))
     if group_key is not None:
         groups = [str(p.meta.get(group_key)) if isinstance(p.meta, dict) else "None" for p in prompts]
         for g in sorted(set(groups)):

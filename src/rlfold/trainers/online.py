@@ -7,7 +7,7 @@ shards (its normaliser is the one reduction, see ``trainers.update``).
 
 1. collect   prompts from the sampler, the engine's rollouts, rewards and shaping, group filters
 2. logprobs  old log-probs (recomputed by the trainer when the engine does not share its weights)
-             and reference log-probs (when the recipe has a KL term)
+             and reference log-probs (when the recipe has a KL term or a regulariser that reads them)
 3. kl        per-token KL to the reference; subtracted from the reward when ``algo.kl_in: reward``
 4. advantage the advantage part, with the inputs it declares (values, greedy baseline, ...)
 5. select    the selection parts: rows kept, loss mask, importance weights -> ``PreparedBatch``
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, SELECTIONS
+from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, REGULARIZERS, SELECTIONS
 from rlfold.algos.kl import adaptive_kl_coef
 from rlfold.algos.selection import SelectionInput, engine_mismatch
 from rlfold.core.config import AlgoConfig, RunConfig, TaskConfig
@@ -57,7 +57,7 @@ from rlfold.trainers.reference import build_reference
 from rlfold.trainers.schedule import make_scheduler
 from rlfold.trainers.scoring import Scorer, reward_problem
 from rlfold.trainers.sft import SFTTerm
-from rlfold.trainers.update import EntropyTerm, KLTerm, PolicyTerm, PreparedBatch, policy_update
+from rlfold.trainers.update import EntropyTerm, KLTerm, PolicyTerm, PreparedBatch, RegularizerTerm, policy_update
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -145,7 +145,9 @@ class OnlineStep:
         if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(self.module)
         self.n_params, self.peak_flops = count_parameters(self.module), peak_flops(self.device, cfg.train.peak_tflops)
-        self.reference = build_reference(self.policy, cfg.model.path, dtype) if a.kl_coef > 0 else None
+        self.regularizers = [(REGULARIZERS.get(r.name)(**r.kwargs), r.coef) for r in a.regularizers]
+        needs_ref = a.kl_coef > 0 or any("ref_logprobs" in needed_inputs(p) for p, _ in self.regularizers)
+        self.reference = build_reference(self.policy, cfg.model.path, dtype) if needs_ref else None
         self.adv_fn = ADVANTAGES.get(a.advantage)
         self.policy_term = PolicyTerm(POLICY_LOSSES.get(a.policy_loss), a.policy_loss_options())
         self.aggregation = AGGREGATIONS.get(a.loss_agg)
@@ -166,6 +168,7 @@ class OnlineStep:
         self.sampler = SAMPLERS.get(sp.name)(self.task.train, seed=cfg.seed, **sp.kwargs)
         scorer = Scorer([(r.name, r.weight, r.kwargs) for r in cfg.rewards], cfg.accuracy_reward, cfg.reward_errors,
                         [(s.name, s.kwargs) for s in cfg.shaping], cfg.rollout.max_new_tokens, self.tokenizer,
+                        aggregation=(cfg.reward_aggregation.name, cfg.reward_aggregation.kwargs),
                         **({"score": RayRewardPool(cfg.ray, cfg.imports)}
                            if cfg.ray is not None and cfg.ray.num_reward_workers > 0 else {}))
         self.collector: RolloutCollector = COLLECTORS.get(cfg.rollout.async_mode)(
@@ -210,6 +213,8 @@ class OnlineStep:
                                    "scorer": self.collector.scorer, "kl": self.kl, **self.policy.state}
         if self.critic is not None:
             objects["critic"] = self.critic
+        if self.collector.filter_state.stateful:  # a curriculum's state (decs_curriculum)
+            objects["group_filters"] = self.collector.filter_state
         return objects
 
     def data_sources(self) -> list[dict[str, Any]]:
@@ -233,7 +238,7 @@ class OnlineStep:
     def _evaluate(self, ec: Any) -> dict[str, float]:
         return evaluate(self.eval_engine, self.task.held_out[: ec.size], reward=self.cfg.accuracy_reward, k=ec.pass_k,
                         max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7,
-                        group_key=ec.group_key)
+                        group_key=ec.group_key, confidence=ec.confidence)
 
     def close(self) -> None:
         """Stop what runs in the background (an asynchronous collector's thread); called at every run end."""
@@ -456,8 +461,9 @@ class OnlineStep:
     def terms(self) -> list:
         a = self.cfg.algo
         terms: list = [self.policy_term]
-        if self.reference is not None and a.kl_in == "loss":
+        if self.reference is not None and a.kl_in == "loss" and a.kl_coef > 0:  # the reference may serve a regulariser only
             terms.append(KLTerm(self.kl_estimator, self.kl.coef))
+        terms += [RegularizerTerm(part, coef) for part, coef in self.regularizers]
         if a.entropy_coef:
             terms.append(EntropyTerm(a.entropy_coef))
         if self.critic is not None and self.critic.shared:

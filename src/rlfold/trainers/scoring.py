@@ -9,17 +9,19 @@ import torch
 
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.rewards import SHAPINGS, ShapingInput, score_rewards
+from rlfold.rewards.aggregation import REWARD_AGGREGATORS, AggregationInput, weighted_sum
 from rlfold.rewards.base import ScoreResult, extras_rows
+from rlfold.rewards.shaping import resolve_part
 
 
 @dataclass
 class Scored:
     """Scores of one batch of rollouts, after the shaping parts."""
 
-    scores: torch.Tensor          # [N]; unscorable rows hold their group's mean of the scorable ones
+    scores: torch.Tensor          # [N] after aggregation and shaping; unscorable rows hold their group's mean
     per_fn: dict[str, torch.Tensor]
     token_rewards: torch.Tensor   # [N, R] reward per response token (sums to ``scores`` per row)
-    unscorable: torch.Tensor      # [N] bool: every reward function returned None
+    unscorable: torch.Tensor      # [N] bool: the aggregator left the reward unknown (e.g. every function returned None)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -77,36 +79,45 @@ class Scorer:
     ``acc/mean`` and the group filters) even when it carries no weight; ``shaping``: ``(name,
     kwargs)`` specs whose per-part state dicts are checkpointed; ``max_len``: the generation limit the
     shaping parts measure lengths against; ``score``: what scores the reward functions (``score_rewards``
-    in this process, or a pool of reward workers with its interface).
+    in this process, or a pool of reward workers with its interface); ``aggregation``: ``(name or
+    callable, kwargs)`` of the reward aggregator that combines the functions' scores into one reward
+    before the shaping parts (default: their weighted sum).
     """
 
     def __init__(self, rewards: Sequence[tuple[str, float, dict[str, Any]]], accuracy_reward: str, on_error: str,
                  shaping: Sequence[tuple[str, dict[str, Any]]], max_len: int, tokenizer: Any,
-                 score: Callable[..., ScoreResult] = score_rewards) -> None:
+                 score: Callable[..., ScoreResult] = score_rewards,
+                 aggregation: tuple[str | Callable[..., Any], dict[str, Any]] = (weighted_sum, {})) -> None:
         self.score = score
+        self.aggregate, self.aggregation_kwargs = resolve_part(REWARD_AGGREGATORS, aggregation[0]), dict(aggregation[1])
         self.rewards, self.accuracy_reward, self.on_error = list(rewards), accuracy_reward, on_error
         self.shaping = [(SHAPINGS.get(name), dict(kwargs)) for name, kwargs in shaping]
         self.shaping_state: list[dict[str, Any]] = [{} for _ in self.shaping]
         self.max_len, self.tokenizer = max_len, tokenizer
 
     def __call__(self, reps: list[Prompt], roll: RolloutBatch, group_ids: torch.Tensor, step: int) -> Scored:
-        """Reward functions, then the shaping parts in order; unscorable rows are counted and neutralised."""
+        """Reward functions, the aggregator, then the shaping parts in order; unscorable rows are counted and
+        neutralised."""
         lengths = roll.response_mask.sum(1)
         extras = extras_rows(roll.extras, roll.size)
         res = self.score(self.rewards, reps, roll.response_texts, roll.finish_reasons, response_lengths=lengths,
                          on_error=self.on_error, rollout_extras=extras)
         per_fn, metrics = res.per_fn, dict(res.metrics)
+        agg = self.aggregate(AggregationInput(per_fn=dict(per_fn), weights={r[0]: float(r[1]) for r in self.rewards},
+                                              weighted_sum=res.total, token_scores=res.token_scores),
+                             **self.aggregation_kwargs)
+        metrics.update(agg.metrics)
         acc = self.accuracy_reward
         if acc not in per_fn:
             per_fn[acc] = self.score([(acc, 1.0)], reps, roll.response_texts, roll.finish_reasons,
                                      response_lengths=lengths, on_error=self.on_error,
                                      rollout_extras=extras).per_fn[acc]
-        scores, unscorable = fill_unscorable(res.total, group_ids)
+        scores, unscorable = fill_unscorable(agg.scores.float(), group_ids)
         mask = roll.response_mask
         token_part = torch.zeros(mask.shape)
-        if res.token_scores is not None:
-            w = min(token_part.shape[1], res.token_scores.shape[1])
-            token_part[:, :w] = res.token_scores[:, :w] * mask[:, :w]
+        if agg.token_scores is not None:
+            w = min(token_part.shape[1], agg.token_scores.shape[1])
+            token_part[:, :w] = agg.token_scores[:, :w] * mask[:, :w]
         token_rewards = place_on_last_token(scores - token_part.sum(1), mask) + token_part
         correct = torch.nan_to_num(per_fn[acc], nan=0.0)
         for (fn, kwargs), state in zip(self.shaping, self.shaping_state):

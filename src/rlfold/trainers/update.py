@@ -1,16 +1,17 @@
 """The update stage: epochs x mini-batches x micro-batches over a prepared batch, normalisers fixed per
 optimiser step.
 
-The loss of a micro-batch is a sum of *terms* (policy loss, KL, entropy bonus, value loss of a
-shared critic), each aggregated with the normaliser fixed for the whole mini-batch, so gradient
-accumulation never changes the gradient. Terms that need their own forward over different data
-(the SFT loss on demonstrations) run once per mini-batch.
+The loss of a micro-batch is a sum of *terms* (policy loss, KL, sequence-level regularisers, entropy
+bonus, value loss of a shared critic), each aggregated with the normaliser fixed for the whole
+mini-batch, so gradient accumulation never changes the gradient. Terms that need their own forward
+over different data (the SFT loss on demonstrations) run once per mini-batch.
 
 The normaliser is a tensor that goes through ``reduce`` before use: the identity in one process;
 under data parallelism, where each rank holds a shard of the mini-batch, an all-reduce SUM of the
-counts (an aggregation whose normaliser is a constant is never reduced). Everything else this stage
-computes is local to the rows it holds; statistics over the whole batch (advantages, selection) were
-computed by the driver stage before the batch was prepared.
+counts (an aggregation whose normaliser is a constant is never reduced; a regulariser's mini-batch
+statistic goes through the same ``reduce``). Everything else this stage computes is local to the
+rows it holds; statistics over the whole batch (advantages, selection) were computed by the driver
+stage before the batch was prepared.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from transformers import PreTrainedModel
 
 from rlfold.algos.aggregation import Aggregation
 from rlfold.core.masked import masked_sum
+from rlfold.core.registry import needed_inputs
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.models.logprobs import sequence_logprobs
 from rlfold.models.placement import Autocast
@@ -72,6 +74,8 @@ class MicroBatch:
     entropy: Tensor             # [n, r] with gradient
     columns: int                # number of response columns kept
     total_tokens: float         # loss tokens of the whole mini-batch (for token-weighted metric means)
+    batch_rows: Tensor | None = None                  # rows of the whole mini-batch held here (None: ``rows``)
+    reduce: Callable[[Tensor], Tensor] | None = None  # the mini-batch's reduction (None: one process)
 
     def take(self, t: Tensor | None) -> Tensor | None:
         """Rows of a full-batch ``[N, R]`` tensor for this micro-batch, trimmed like the responses."""
@@ -130,6 +134,48 @@ class KLTerm:
         kl = self.estimator(mb.logprobs, mb.take(prep.ref_logprobs))
         loss = self.coef * agg.reduce(kl, mb.mask, mb.norm)
         return loss, {"actor/kl": _token_mean_share(kl, mb)}
+
+
+@dataclass
+class RegularizerTerm:
+    """A sequence-level regulariser part coef · g(mean_i φ_i) (``algos.regularizers``), linearised per mini-batch.
+
+    g'(·) is evaluated once per optimiser mini-batch at the policy the update starts from (φ⁰ from
+    ``prep.old_logprobs``, mean over the mini-batch's rows that have a loss token, summed across
+    ranks with ``mb.reduce``); each micro-batch adds coef · g'(mean φ⁰) · Σ_i φ_i / B. The gradient is
+    thus exactly micro-batch invariant, and equals ∇ coef · g(mean φ) at the starting policy (the first
+    optimiser step of each update; later mini-batches keep the starting slope).
+    """
+
+    part: Any
+    coef: float
+
+    def _inputs(self, prep: PreparedBatch, take: Callable[[Tensor | None], Tensor | None]) -> dict[str, Tensor]:
+        available = {"ref_logprobs": prep.ref_logprobs, "old_logprobs": prep.old_logprobs}
+        return {k: take(available[k]) for k in needed_inputs(self.part)}
+
+    def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
+        reduce = mb.reduce or local_reduce
+        batch = mb.rows if mb.batch_rows is None else mb.batch_rows
+        dev = mb.logprobs.device
+        with torch.no_grad():
+            mask0 = prep.loss_mask[batch].float().to(dev)
+            live0 = (mask0.sum(-1) > 0).float()
+            phi0 = self.part.sample_terms(prep.old_logprobs[batch].to(dev), mask0,
+                                          **self._inputs(prep, lambda t: t[batch].to(dev)))
+            totals = reduce(torch.stack([(phi0 * live0).sum(), live0.sum()]).float())
+            count = totals[1].clamp(min=1.0)
+            mean0 = totals[0] / count
+            slope = self.part.slope(mean0)
+        live = (mb.mask.sum(-1) > 0).to(mb.logprobs.dtype)
+        inputs = self._inputs(prep, mb.take)
+        phi = self.part.sample_terms(mb.logprobs, mb.mask, **inputs)
+        loss = self.coef * slope.to(phi.dtype) * (phi * live).sum() / count
+        share = float(live.sum()) / float(count)
+        metrics = {f"actor/{k}": float((v * live).sum()) / float(count)
+                   for k, v in self.part.sample_metrics(mb.logprobs, mb.mask, **inputs).items()}
+        metrics[f"actor/{self.part.metric}_penalty"] = self.coef * float(self.part.penalty(mean0)) * share
+        return loss, metrics
 
 
 @dataclass
@@ -211,7 +257,7 @@ def accumulate_loss(
                                           response_attention_mask=sub.response_attention_mask)
             mask = (prep.loss_mask[rows][:, :width].float() * (0.0 if pad else 1.0)).to(logp.device)
             mb = MicroBatch(rows=rows, roll=sub, mask=mask, norm=norm.to(logp.device), logprobs=logp, entropy=ent,
-                            columns=width, total_tokens=n_tok)
+                            columns=width, total_tokens=n_tok, batch_rows=idx, reduce=reduce)
             loss = logp.new_zeros(())
             for term in terms:
                 part, metrics = term(prep, mb, aggregation)

@@ -1,0 +1,54 @@
+"""Build the shipped base ``tiny-confidence-arith`` reproducibly: seeded SFT on answers with uninformative confidences.
+
+Its demonstrations answer the ``confidence_arith`` prompts (two- and three-digit additions by default) in
+the Rewarding Doubt format ``"Answer: <a>, Confidence: <c>"`` (arXiv 2503.02623), always with the correct
+answer and with a confidence drawn uniformly from 0..10, independent of the problem. The model learns the
+format and the two-digit sums well but the three-digit sums only partly (it is small and briefly trained),
+so it is right on most easy problems, wrong on many hard ones, and its stated confidence says nothing about
+which: a calibration reward has something to learn.
+
+    python scripts/build_confidence_model.py            # writes src/rlfold/assets/tiny-confidence-arith
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+
+from build_tiny_model import sft_and_save, train_problems  # the sibling script (this directory is on sys.path)
+
+from rlfold.tasks.arithmetic import solve
+from rlfold.tasks.confidence_arith import DEFAULT_LEVELS, confidence_completion, confidence_prompt
+
+OUT = Path(__file__).resolve().parent.parent / "src" / "rlfold" / "assets" / "tiny-confidence-arith"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--levels", type=int, nargs="+", default=DEFAULT_LEVELS)
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--held-out-fraction", type=float, default=0.1)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    by_level = [[p for p in train_problems([lv], args.held_out_fraction)] for lv in args.levels]
+
+    def sample_pairs(rng: random.Random, n: int) -> list[tuple[str, str]]:
+        out = []
+        for _ in range(n):
+            a, b, op = rng.choice(rng.choice(by_level))  # levels in equal shares, as the task draws them
+            out.append((confidence_prompt(a, b, op), confidence_completion(solve(a, b, op), rng.randint(0, 10))))
+        return out
+
+    sft_and_save(sample_pairs, args)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Arithmetic answered with a stated confidence: ``"Answer: <a>, Confidence: <0-10>"`` (Rewarding Doubt, arXiv 2503.02623).
+
+The problems and the train / held-out split are those of ``arith`` (same hash split), drawn from a mix of
+difficulty levels so that a tiny model is reliably right on some (two-digit addition) and often wrong on
+others (three-digit addition): a calibrated policy can then condition its confidence on the problem.
+The prompt asks for the answer and a confidence; the shipped base ``tiny-confidence-arith`` (built by
+``scripts/build_confidence_model.py``) answers in the paper's format with a confidence drawn uniformly
+from 0..10, independent of whether the answer is right. Rewards: ``answer_confidence_match`` (accuracy
+of the stated answer); the recipe ``rewarding_doubt`` adds the calibration reward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from rlfold.core.types import Prompt
+from rlfold.tasks.arithmetic import HELD_OUT_SEED, make_split
+from rlfold.tasks.base import TASKS, Task
+from rlfold.tasks.files import files_or_generated
+from rlfold.tasks.rows import Columns
+
+# The default difficulty mix: two-digit addition (easy for the tiny base) and three-digit addition (hard).
+DEFAULT_LEVELS = [2, 4]
+
+
+def confidence_prompt(a: int, b: int, op: str) -> str:
+    """The prompt text: the problem and the request for an answer with a 0-10 confidence."""
+    return f"{a}{op}{b}=? (confidence 0-10) "
+
+
+def confidence_completion(answer: int | str, confidence: int) -> str:
+    """A completion in the paper's format: ``"Answer: 125, Confidence: 7"``."""
+    return f"Answer: {answer}, Confidence: {confidence}"
+
+
+@TASKS.register("confidence_arith")
+def confidence_arith_task(
+    levels: list[int] | None = None,
+    train_size: int = 0,
+    held_out_size: int = 200,
+    held_out_fraction: float = 0.1,
+    seed: int = 0,
+    train_file: str | None = None,
+    held_out_file: str | None = None,
+    columns: Columns | None = None,
+) -> Task:
+    """Rewarding Doubt (arXiv 2503.02623) on arithmetic: the ``arith`` problems of ``levels`` (default
+    two- and three-digit addition, equal shares), prompted for ``"Answer: <a>, Confidence: <0-10>"``.
+
+    Generated prompts get the text of ``confidence_prompt``; prompts read from ``train_file`` /
+    ``held_out_file`` keep their own text. ``seed`` orders the training problems; the held-out prompts
+    are the same for every seed.
+    """
+    lv = levels or DEFAULT_LEVELS
+    train, held, sources = files_or_generated(
+        train_file, held_out_file, columns or Columns(),
+        lambda: _reprompt(make_split(lv, False, held_out_fraction, train_size, seed)),
+        lambda: _reprompt(make_split(lv, True, held_out_fraction, held_out_size, HELD_OUT_SEED)))
+    return Task(name="confidence_arith", train=train, held_out=held, rewards=["answer_confidence_match"],
+                sources=sources)
+
+
+def _reprompt(prompts: list[Prompt]) -> list[Prompt]:
+    """Generated ``arith`` prompts with the confidence-asking text (answers and meta unchanged)."""
+    return [replace(p, text=confidence_prompt(p.meta["a"], p.meta["b"], p.meta["op"])) for p in prompts]
