@@ -68,9 +68,12 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
 
 def _straight_through(value: Tensor, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """Forward value of ``value``, backward gradient of k2."""
+    """Forward value of ``value``, backward gradient of k2.
+
+    ``k2 - k2.detach()`` is formed first: it is exactly 0 in value, so the result equals ``value``
+    bit for bit (``value + k2 - k2`` left to right can round away half an ulp)."""
     grad_part = k2(logprobs, ref_logprobs)
-    return value.detach() + grad_part - grad_part.detach()
+    return value.detach() + (grad_part - grad_part.detach())
 
 
 @KL_ESTIMATORS.register("k1+")
