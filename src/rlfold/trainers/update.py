@@ -144,20 +144,26 @@ class RegularizerTerm:
     ``prep.old_logprobs``, mean over the mini-batch's rows that have a loss token, summed across
     ranks with ``mb.reduce``); each micro-batch adds coef · g'(mean φ⁰) · Σ_i φ_i / B. The gradient is
     thus exactly micro-batch invariant, and equals ∇ coef · g(mean φ) at the starting policy (the first
-    optimiser step of each update; later mini-batches keep the starting slope).
+    optimiser step of each update; later mini-batches keep the starting slope). The mini-batch statistic
+    (and, under data parallelism, its reduction) is computed at the mini-batch's first micro-batch and
+    kept for the others.
     """
 
     part: Any
     coef: float
+    # (prep, mini-batch rows, row count, mean phi0, slope) of the mini-batch being accumulated; the
+    # references to prep and the rows tensor make the identity test safe
+    _start: tuple[Any, Tensor, Tensor, Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
     def _inputs(self, prep: PreparedBatch, take: Callable[[Tensor | None], Tensor | None]) -> dict[str, Tensor]:
         available = {"ref_logprobs": prep.ref_logprobs, "old_logprobs": prep.old_logprobs}
         return {k: take(available[k]) for k in needed_inputs(self.part)}
 
-    def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
-        reduce = mb.reduce or local_reduce
-        batch = mb.rows if mb.batch_rows is None else mb.batch_rows
-        dev = mb.logprobs.device
+    def _at_start(self, prep: PreparedBatch, batch: Tensor, reduce: Reduce,
+                  dev: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Row count, mean phi0 and slope g'(mean phi0) of the mini-batch ``batch`` at the starting policy."""
+        if self._start is not None and self._start[0] is prep and self._start[1] is batch:
+            return self._start[2], self._start[3], self._start[4]
         with torch.no_grad():
             mask0 = prep.loss_mask[batch].float().to(dev)
             live0 = (mask0.sum(-1) > 0).float()
@@ -167,6 +173,12 @@ class RegularizerTerm:
             count = totals[1].clamp(min=1.0)
             mean0 = totals[0] / count
             slope = self.part.slope(mean0)
+        self._start = (prep, batch, count, mean0, slope)
+        return count, mean0, slope
+
+    def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
+        batch = mb.rows if mb.batch_rows is None else mb.batch_rows
+        count, mean0, slope = self._at_start(prep, batch, mb.reduce or local_reduce, mb.logprobs.device)
         live = (mb.mask.sum(-1) > 0).to(mb.logprobs.dtype)
         inputs = self._inputs(prep, mb.take)
         phi = self.part.sample_terms(mb.logprobs, mb.mask, **inputs)
