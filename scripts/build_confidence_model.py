@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from build_tiny_model import sft_and_save, train_problems  # the sibling script (this directory is on sys.path)
+from build_tiny_model import add_sft_arguments, sft_and_save, train_problems  # the sibling script (this directory is on sys.path)
 
 from rlfold.tasks.arithmetic import solve
 from rlfold.tasks.confidence_arith import DEFAULT_LEVELS, confidence_completion, confidence_prompt
@@ -30,11 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--levels", type=int, nargs="+", default=DEFAULT_LEVELS)
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--held-out-fraction", type=float, default=0.1)
+    add_sft_arguments(ap, steps=800)
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)

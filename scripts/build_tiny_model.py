@@ -28,11 +28,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--bug-rate", type=float, default=0.6)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--held-out-fraction", type=float, default=0.1)
+    add_sft_arguments(ap, steps=1500)
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -49,6 +45,16 @@ def main() -> None:
         return out
 
     sft_and_save(sample_pairs, args)
+
+
+def add_sft_arguments(ap: argparse.ArgumentParser, *, steps: int) -> None:
+    """The SFT options every arithmetic base's build script takes (``sft_and_save`` reads them)."""
+    ap.add_argument("--steps", type=int, default=steps, help="SFT optimiser steps")
+    ap.add_argument("--batch-size", type=int, default=128, help="demonstrations per SFT step")
+    ap.add_argument("--lr", type=float, default=3e-3, help="SFT learning rate")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the demonstrations")
+    ap.add_argument("--held-out-fraction", type=float, default=0.1,
+                    help="share of problems held out (never demonstrated); must match the task's split")
 
 
 def train_problems(levels: list[int], held_out_fraction: float) -> list[tuple[int, int, str]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from build_tiny_model import sft_and_save, train_problems  # the sibling script (this directory is on sys.path)
+from build_tiny_model import add_sft_arguments, sft_and_save, train_problems  # the sibling script (this directory is on sys.path)
 
 from rlfold.tasks.arithmetic import format_prompt, no_carry_sum, solve
 from rlfold.tasks.verbose_arith import verbose_completion
@@ -43,11 +43,7 @@ def main() -> None:
     ap.add_argument("--carry-bug-rate", type=float, default=None,
                     help=f"share of carry problems answered without carries (default 0, {GRADED_BUG_RATE} with --graded)")
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--held-out-fraction", type=float, default=0.1)
+    add_sft_arguments(ap, steps=800)
     args = ap.parse_args()
     args.out = args.out or (GRADED_OUT if args.graded else OUT)
     bug_rate = args.carry_bug_rate if args.carry_bug_rate is not None else (GRADED_BUG_RATE if args.graded else 0.0)

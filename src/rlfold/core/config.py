@@ -15,6 +15,7 @@ from rlfold.core.registry import (
     PREFERENCE_LOSSES, REGULARIZERS, REWARD_AGGREGATORS, REWARDS, SAMPLERS, SELECTIONS, SHAPINGS, TASKS, TRACKERS,
     TRAINERS, needed_inputs, reward_check,
 )
+from rlfold.core.errors import dotted
 from rlfold.core.config_preference import PreferenceConfig
 from rlfold.core.config_reward_modeling import RewardModelingConfig
 from rlfold.core.options import is_group_relative, literal_choices
@@ -606,7 +607,7 @@ def check_part_options(loc: tuple[Any, ...], kind: str, name: str, fn: Any, give
     if missing:
         raise LocatedValueError(
             loc, f"{kind} {name!r} needs option{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                 f"(no default); set {', '.join(f'{_dotted_loc(loc)}.{k}' for k in missing)}")
+                 f"(no default); set {', '.join(f'{dotted(loc)}.{k}' for k in missing)}")
     hints = _option_hints(fn)
     for key, value in given.items():
         ann = hints.get(key)
@@ -616,13 +617,6 @@ def check_part_options(loc: tuple[Any, ...], kind: str, name: str, fn: Any, give
         if problem is not None:
             sep = "" if problem.startswith(":") else " "
             raise LocatedValueError((*loc, key), f"{kind} {name!r}: option {key}={value!r}{sep}{problem}")
-
-
-def _dotted_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _option_hints(fn: Any) -> dict[str, Any]:

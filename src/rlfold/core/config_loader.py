@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rlfold.core.config import RunConfig, LocatedValueError
-from rlfold.core.errors import ConfigError
+from rlfold.core.errors import ConfigError, dotted
 from rlfold.core.suggest import closest
 
 
@@ -94,11 +94,8 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    """``("rewards", 0, "name")`` -> ``rewards[0].name``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<root>"
+    """``("rewards", 0, "name")`` -> ``rewards[0].name``; ``<root>`` for the document itself."""
+    return dotted(loc) or "<root>"
 
 
 def _key_lines(text: str) -> dict[tuple[Any, ...], int]:

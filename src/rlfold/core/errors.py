@@ -1,5 +1,17 @@
 """User-facing errors: each names what went wrong and where (file, line, key, function, sample)."""
 
+from __future__ import annotations
+
+from typing import Any
+
+
+def dotted(loc: tuple[Any, ...]) -> str:
+    """A config location as the user writes it: ``("rewards", 0, "name")`` -> ``rewards[0].name`` ("" for ())."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
 
 class RlfoldError(Exception):
     """Base class of errors reported to the user without a traceback by the CLI."""

@@ -20,6 +20,7 @@ from torch import Tensor
 from typing_extensions import TypedDict
 
 from rlfold.core import registry
+from rlfold.core.errors import dotted
 from rlfold.core.registry import checks_rewards
 from rlfold.core.suggest import closest
 
@@ -121,10 +122,6 @@ def gated_reward(per_fn: dict[str, Tensor], weights: dict[str, float], levels: S
     return scores, passes, open_, failed & ~bad
 
 
-def _dotted(loc: tuple) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
-
-
 def _check_gated(rewards: Sequence[tuple[str, float]], *, gates: dict[str, float] | None = None,
                  objectives: list[str] | None = None, levels: list[Any] | None = None,
                  floor: float = 0.0) -> tuple[tuple, str] | None:
@@ -173,7 +170,7 @@ def _check_gated(rewards: Sequence[tuple[str, float]], *, gates: dict[str, float
     for loc, role, name in spelled:
         if (role, name) in seen:
             return loc, (f"reward aggregator 'gated': {name!r} is a{'n' if role[0] == 'o' else ''} {role} twice "
-                         f"(also at {_dotted(seen[(role, name)])}); "
+                         f"(also at {dotted(seen[(role, name)])}); "
                          + ("a reward gates one level" if role == "gate" else "it would be counted twice"))
         seen[(role, name)] = loc
     used = {name for _, _, name in spelled}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable, Sequence
 
 from rlfold.core.errors import DataError
 from rlfold.core.types import Prompt
@@ -120,14 +121,18 @@ def make_split(
 
 def arith_splits(
     levels: list[int] | None, train_size: int, held_out_size: int, held_out_fraction: float, seed: int,
-    train_file: str | None, held_out_file: str | None, columns: Columns | None = None,
+    train_file: str | None, held_out_file: str | None, columns: Columns | None = None, *,
+    default_levels: Sequence[int] = (2,),
+    generated: Callable[[list[Prompt]], list[Prompt]] | None = None,
 ) -> tuple[list[Prompt], list[Prompt], list[DataSource]]:
     """Train and held-out prompts: generated (held-out independent of ``seed``) or read from dataset files
-    (``tasks.files.load_prompts``, columns mapped by ``columns``), and the files read."""
-    levels = levels or [2]
+    (``tasks.files.load_prompts``, columns mapped by ``columns``), and the files read. ``levels`` falls
+    back to ``default_levels``; ``generated`` rewrites the generated prompts (not those read from files)."""
+    lv = list(levels or default_levels)
+    post = generated or (lambda ps: ps)
     return files_or_generated(train_file, held_out_file, columns or Columns(),
-                              lambda: make_split(levels, False, held_out_fraction, train_size, seed),
-                              lambda: make_split(levels, True, held_out_fraction, held_out_size, HELD_OUT_SEED))
+                              lambda: post(make_split(lv, False, held_out_fraction, train_size, seed)),
+                              lambda: post(make_split(lv, True, held_out_fraction, held_out_size, HELD_OUT_SEED)))
 
 
 @TASKS.register("arith")

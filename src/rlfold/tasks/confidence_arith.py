@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from rlfold.core.types import Prompt
-from rlfold.tasks.arithmetic import HELD_OUT_SEED, make_split
+from rlfold.tasks.arithmetic import arith_splits
 from rlfold.tasks.base import TASKS, Task
-from rlfold.tasks.files import files_or_generated
 from rlfold.tasks.rows import Columns
 
 # The default difficulty mix: two-digit addition (easy for the tiny base) and three-digit addition (hard).
@@ -51,11 +50,8 @@ def confidence_arith_task(
     ``held_out_file`` keep their own text. ``seed`` orders the training problems; the held-out prompts
     are the same for every seed.
     """
-    lv = levels or DEFAULT_LEVELS
-    train, held, sources = files_or_generated(
-        train_file, held_out_file, columns or Columns(),
-        lambda: _reprompt(make_split(lv, False, held_out_fraction, train_size, seed)),
-        lambda: _reprompt(make_split(lv, True, held_out_fraction, held_out_size, HELD_OUT_SEED)))
+    train, held, sources = arith_splits(levels, train_size, held_out_size, held_out_fraction, seed, train_file,
+                                        held_out_file, columns, default_levels=DEFAULT_LEVELS, generated=_reprompt)
     return Task(name="confidence_arith", train=train, held_out=held, rewards=["answer_confidence_match"],
                 sources=sources)
 
