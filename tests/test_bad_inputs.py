@@ -460,6 +460,8 @@ CASES: list[Case] = [
     Case("part-selection", train("algo.selection=[{name: top_entropi}]"), 2, ["top_entropi", "top_entropy"]),
     Case("part-shaping", train("shaping=[{name: hapoo}]"), 2, ["hapoo", "hapo"]),
     Case("part-group-filter", train("algo.group_filters=[{name: dynamic_sample}]"), 2, ["dynamic_sample"]),
+    Case("decs-curriculum-option", train("algo.group_filters=[{name: decs_curriculum, kwargs: {bta: 0.2}}]"), 2,
+         ["bta", "beta"]),
     Case("part-regularizer", train("algo.regularizers=[{name: chi2_occupancy_x, coef: 0.1}]"), 2,
          ["algo.regularizers", "chi2_occupancy_x", "chi2_occupancy"]),
     Case("regularizer-no-coef", train("algo.regularizers=[{name: chi2_occupancy}]"), 2, ["coef"]),
