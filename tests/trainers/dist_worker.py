@@ -56,9 +56,10 @@ def driver(step: OnlineStep, index: int = 0):
     lp = step.logprobs(s)
     rewards, token_rewards, _, _ = step.kl_stage(s, lp)
     ctx = StepContext(step=index, prompts=s.prompts, roll=s.roll, scores=s.scores, rewards=rewards,
-                      token_rewards=token_rewards, group_ids=s.group_ids, collector=step.collector, critic=step.critic)
+                      token_rewards=token_rewards, group_ids=s.group_ids, collector=step.collector, critic=step.critic,
+                      tokenizer=step.tokenizer)
     adv, _ = step.advantage(ctx)
-    prep, _ = step.select(s, lp, rewards, adv, index)
+    prep, _ = step.select(ctx, s, lp, rewards, adv, index)
     return prep
 
 

@@ -295,7 +295,7 @@ def test_mask_truncated_masks_exactly_the_truncated_rows(tmp_path):
     s = trainer.collector.collect(0)
     mask = s.roll.response_mask
     assert not s.unscorable.any()  # so the selection starts from the full response mask
-    prep, metrics = trainer.select(s, trainer.logprobs(s), s.scores, torch.zeros(mask.shape), 0)
+    prep, metrics = trainer.select(_ctx(trainer, s), s, trainer.logprobs(s), s.scores, torch.zeros(mask.shape), 0)
     rows, loss_mask, weights = prep.rows, prep.loss_mask, prep.token_weights
     trunc = s.roll.truncated
     assert trunc.any()
@@ -339,6 +339,62 @@ def test_pf_ppo_resamples_rows(tmp_path):
     m = trainer.step(0).metrics
     assert 0 < m["selection/unique_rows_frac"] <= 1
     _finite(m, "actor/pg_loss")
+
+
+def _ctx(trainer: OnlineStep, s) -> StepContext:
+    return StepContext(step=0, prompts=s.prompts, roll=s.roll, scores=s.scores, rewards=s.scores,
+                       token_rewards=s.token_rewards, group_ids=s.group_ids, collector=trainer.collector,
+                       tokenizer=trainer.tokenizer)
+
+
+@pytest.mark.parametrize("resample_first", [False, True])
+def test_after_marker_trains_only_the_confidence_tokens(tmp_path, resample_first):
+    parts = ["{name: after_marker, kwargs: {marker: 'Confidence:'}}", "{name: pf_ppo, kwargs: {mode: best_random}}"]
+    trainer = _trainer(tmp_path, [f"algo.selection=[{', '.join(parts[::-1] if resample_first else parts)}]"],
+                       recipe=RECIPES / "rewarding_doubt.yaml")
+    s = trainer.collector.collect(0)
+    mask = s.roll.response_mask
+    prep, metrics = trainer.select(_ctx(trainer, s), s, trainer.logprobs(s), s.scores, torch.zeros(mask.shape), 0)
+    assert metrics["selection/marker_found_frac"] > 0.5
+    tok = trainer.tokenizer
+    checked = 0
+    for j, i in enumerate(prep.rows.tolist()):
+        ids = s.roll.response_ids[i, : int(mask[i].sum())].tolist()
+        text = s.roll.response_texts[i]
+        if "Confidence:" not in text or s.unscorable[i]:
+            continue
+        cut = text.index("Confidence:") + len("Confidence:")
+        want = [float(len(tok.decode(ids[: t + 1], skip_special_tokens=True)) > cut) for t in range(len(ids))]
+        assert prep.loss_mask[j, : len(ids)].tolist() == want, text
+        assert prep.loss_mask[j, len(ids):].sum() == 0
+        checked += 1
+    assert checked > 0
+
+
+def test_after_marker_leaves_no_gradient_on_the_answer_logits(tmp_path):
+    trainer = _trainer(tmp_path, recipe=RECIPES / "rewarding_doubt.yaml")
+    s = trainer.collector.collect(0)
+    lp = trainer.logprobs(s)
+    rewards, token_rewards, _, _ = trainer.kl_stage(s, lp)
+    ctx = _ctx(trainer, s)
+    adv, _ = trainer.advantage(ctx)
+    prep, _ = trainer.select(ctx, s, lp, rewards, adv, 0)
+    grads: list[torch.Tensor] = []
+    head = trainer.model.get_output_embeddings()
+    hook = head.register_full_backward_hook(lambda mod, g_in, g_out: grads.append(g_out[0].detach().clone()))
+    trainer.optimizer.step = lambda *a, **k: None  # gradients only
+    try:
+        trainer.update(prep)
+    finally:
+        hook.remove()
+    assert len(grads) == 1  # one mini-batch, one micro-batch in this configuration
+    p = prep.roll.prompt_ids.shape[1]
+    per_pos = grads[0].norm(dim=-1)[:, p - 1: p - 1 + prep.loss_mask.shape[1]]  # logits predicting each token
+    width = per_pos.shape[1]
+    trained, mask = prep.loss_mask[:, :width], prep.roll.response_mask[:, :width].float()
+    assert float((per_pos * trained).sum()) > 0
+    assert float((per_pos * (mask - trained)).abs().sum()) == 0.0
+    assert float((mask - trained).sum()) > 0  # there were answer tokens to leave out
 
 
 def test_selection_parts_apply_in_order(tmp_path):

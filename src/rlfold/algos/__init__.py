@@ -11,6 +11,7 @@ from __future__ import annotations
 from rlfold.algos import advantages, aggregation, critic, group_filters, kl, policy_losses, selection, token_advantages, decs
 from rlfold.algos import hdpo  # noqa: F401  (registers the hdpo advantage)
 from rlfold.algos import aepo  # noqa: F401  (registers aepo_clip and aepo_entropy_advantage)
+from rlfold.algos import spans  # noqa: F401  (registers the after_marker selection)
 from rlfold.algos import preference  # noqa: F401  (registers PREFERENCE_LOSSES)
 from rlfold.algos import occupancy, regularizers  # noqa: F401  (registers REGULARIZERS: chi2_occupancy)
 from rlfold.algos.advantages import ADVANTAGES

@@ -1,6 +1,7 @@
 """Batch inputs supplied to parts that declare them with ``@needs`` (values, baselines, ...).
 
-A provider is ``fn(ctx: StepContext) -> Tensor``, registered in ``INPUTS`` under the input's name.
+A provider is ``fn(ctx: StepContext) -> Tensor`` (or a list with one entry per row, such as
+``response_texts``), registered in ``INPUTS`` under the input's name.
 Registering one (here or from a user's ``imports`` module) makes a new input available to every part
 without touching the online step.
 """
@@ -33,11 +34,17 @@ class StepContext:
     group_ids: Tensor             # [N]
     collector: Any = None         # the step's RolloutCollector (more rollouts: ReMax's greedy baseline)
     critic: Any = None            # the step's Critic, if the recipe has one
+    tokenizer: Any = None         # the policy's tokenizer (inputs that map tokens to text)
     per_fn: dict[str, Tensor] = field(default_factory=dict)  # [N] raw score of each reward function, recipe order
     cache: dict[str, Any] = field(default_factory=dict)
 
 
-Provider = Callable[[StepContext], Tensor]
+Provider = Callable[[StepContext], Any]
+
+# Tokens decoded together with each response token to measure its text: enough context for
+# tokenizers whose pieces change at word starts (SentencePiece's leading space) or split a character
+# over several byte tokens.
+_DETOK_WINDOW = 4
 
 
 @INPUTS.register("token_rewards")
@@ -83,9 +90,62 @@ def _greedy_baseline(ctx: StepContext) -> Tensor:
     return ctx.cache["baseline_rewards"]
 
 
-def provide(names: tuple[str, ...], ctx: StepContext) -> dict[str, Tensor]:
+@INPUTS.register("response_texts")
+def _response_texts(ctx: StepContext) -> list[str]:
+    """[N] the decoded text of each response (special tokens skipped), as the rewards saw it."""
+    return list(ctx.roll.response_texts)
+
+
+@INPUTS.register("response_char_ends")
+def _response_char_ends(ctx: StepContext) -> Tensor:
+    """[N, R] long: how many characters of the decoded response end at or before each response token."""
+    if ctx.tokenizer is None:
+        raise RuntimeError("a part needs 'response_char_ends' but the step has no tokenizer")
+    if "response_char_ends" not in ctx.cache:
+        ctx.cache["response_char_ends"] = token_char_ends(ctx.tokenizer, ctx.roll.response_ids,
+                                                          ctx.roll.attention)
+    return ctx.cache["response_char_ends"]
+
+
+def token_char_ends(tokenizer: Any, ids: Tensor, mask: Tensor, window: int = _DETOK_WINDOW) -> Tensor:
+    """Character end of every token of right-padded ``ids`` ``[N, R]`` in its row's decoded text.
+
+    A token's length is ``len(decode(ids[s:t+1])) - len(decode(ids[s:t]))`` with ``s = t - window``
+    (streaming detokenisation: both decodes see the same left context, so a word-start space or a
+    multi-byte character is counted where it is completed), and the ends are their running sum.
+    ``mask`` is 1 on the first tokens of each row (right padding); padded positions repeat the last
+    end. Special tokens decode to nothing.
+    """
+    rows, width = ids.shape
+    lengths = mask.sum(dim=1).tolist()
+    ids_list = ids.tolist()
+    with_tok, without_tok = [], []
+    for i in range(rows):
+        for t in range(int(lengths[i])):
+            s = max(0, t - window)
+            with_tok.append(ids_list[i][s:t + 1])
+            without_tok.append(ids_list[i][s:t])
+    a = tokenizer.batch_decode(with_tok, skip_special_tokens=True) if with_tok else []
+    b = tokenizer.batch_decode(without_tok, skip_special_tokens=True) if without_tok else []
+    pieces = torch.zeros(rows, width, dtype=torch.long)
+    k = 0
+    for i in range(rows):
+        n = int(lengths[i])
+        pieces[i, :n] = torch.tensor([max(0, len(x) - len(y)) for x, y in zip(a[k:k + n], b[k:k + n])],
+                                     dtype=torch.long)
+        k += n
+    return pieces.cumsum(dim=1)
+
+
+def take_rows(inputs: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+    """Each provided input restricted to (or resampled as) ``rows``: tensors indexed, lists picked."""
+    picked = rows.tolist()
+    return {k: v[rows] if isinstance(v, Tensor) else [v[i] for i in picked] for k, v in inputs.items()}
+
+
+def provide(names: tuple[str, ...], ctx: StepContext) -> dict[str, Any]:
     """The named inputs, each from its registered provider."""
     return {name: INPUTS.get(name)(ctx) for name in names}
 
 
-__all__ = ["INPUTS", "Provider", "StepContext", "provide"]
+__all__ = ["INPUTS", "Provider", "StepContext", "provide", "take_rows", "token_char_ends"]

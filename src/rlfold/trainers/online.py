@@ -48,7 +48,7 @@ from rlfold.trainers.collect import RolloutCollector, Sampled
 from rlfold.trainers import distributed
 from rlfold.trainers.critic import Critic, ValueTerm, value_metrics
 from rlfold.trainers.evaluate import evaluate
-from rlfold.trainers.inputs import StepContext, provide
+from rlfold.trainers.inputs import StepContext, provide, take_rows
 from rlfold.trainers.loop import StepResult
 from rlfold.trainers.packing import check_micro_batch_tokens
 from rlfold.trainers.perf import count_parameters, peak_flops, perf_metrics
@@ -258,7 +258,7 @@ class OnlineStep:
         rewards, token_rewards, kl_tokens, kl_metrics = self.kl_stage(s, lp)     # 3. KL
         ctx = StepContext(step=index, prompts=s.prompts, roll=s.roll, scores=s.scores, rewards=rewards,
                           token_rewards=token_rewards, group_ids=s.group_ids, collector=self.collector,
-                          critic=self.critic, per_fn=s.per_fn)
+                          critic=self.critic, per_fn=s.per_fn, tokenizer=self.tokenizer)
         t0 = time.perf_counter()
         problem = reward_problem(rewards, token_rewards, s.roll.response_mask)
         adv = torch.full(s.roll.response_mask.shape, float("nan"))  # logged as such when never computed
@@ -270,7 +270,7 @@ class OnlineStep:
         sel_metrics: dict[str, float] = {}
         empty = False
         if problem is None:
-            prep, sel_metrics = self.select(s, lp, rewards, adv, index)          # 5. selection
+            prep, sel_metrics = self.select(ctx, s, lp, rewards, adv, index)     # 5. selection
             problem = self.empty_problem(s, prep, sel_metrics)
             empty = problem is not None
         health = {"train/empty_step": float(empty), "train/bad_reward_step": float(problem is not None and not empty)}
@@ -398,10 +398,11 @@ class OnlineStep:
         return self.adv_fn(ctx.rewards, ctx.group_ids, ctx.roll.response_mask, **inputs,
                            **self.cfg.algo.advantage_kwargs)
 
-    def select(self, s: Sampled, lp: LogProbs, rewards: Tensor, adv: Tensor,
+    def select(self, ctx: StepContext, s: Sampled, lp: LogProbs, rewards: Tensor, adv: Tensor,
                index: int) -> tuple[PreparedBatch, dict[str, float]]:
-        """Stage 5. The selection parts in order (rows kept, loss mask, token weights); unscorable rows
-        never train. Returns the prepared batch the update consumes."""
+        """Stage 5. The selection parts in order (rows kept, loss mask, token weights), each with the
+        inputs it declares (restricted to the rows kept so far); unscorable rows never train. Returns
+        the prepared batch the update consumes."""
         roll, mask = s.roll, s.roll.response_mask
         scorable = mask * (~s.unscorable).to(mask.dtype)[:, None]
         inp = SelectionInput(rewards=rewards, group_ids=s.group_ids, response_mask=scorable, advantages=adv,
@@ -414,7 +415,7 @@ class OnlineStep:
         gen = generator_for(derive_seed(self.cfg.seed, "selection", index))
         for fn, kwargs in self.selections:
             inp = replace(inp, response_mask=loss_mask)
-            sel = fn(inp, generator=gen, **kwargs)
+            sel = fn(inp, generator=gen, **kwargs, **take_rows(provide(needed_inputs(fn), ctx), rows))
             metrics.update(sel.metrics)
             if sel.token_mask is not None:
                 loss_mask = loss_mask * sel.token_mask.float()
