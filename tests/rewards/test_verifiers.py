@@ -95,6 +95,37 @@ def test_math_verify_gold_first_asymmetry():
     assert _one(rmath.math_verify, "$x = 3$", "\\boxed{3}") == 1.0
 
 
+# Structured golds (matrices, vectors, intervals, sets, tuples), bare as a dataset stores them: each verdict is
+# the expected one and plain math-verify's on the same gold in $...$. A bare \begin{pmatrix} used to be parsed as
+# written, i.e. as its last entry: the right boxed matrix scored 0 and a box with the last entry alone scored 1.
+STRUCTURED = [
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", 1.0),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\boxed{2}", 0.0),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"$\boxed{\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}}$", 1.0),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 & 2 \\ 4 & 3 \end{pmatrix}}", 0.0),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{4}", 0.0),
+    (r"\begin{bmatrix} 1/2 \\ -3 \end{bmatrix}", r"\boxed{\begin{pmatrix} \frac{1}{2} \\ -3 \end{pmatrix}}", 1.0),
+    (r"\begin{align} x = 3 \end{align}", r"\boxed{3}", 1.0),
+    (r"(1, 2]", r"\boxed{(1,2]}", 1.0),
+    (r"(1, 2]", r"\boxed{(1,2)}", 0.0),
+    (r"[-1, 3)", r"\boxed{[-1,3)}", 1.0),
+    (r"(-\infty, 0) \cup (1, \infty)", r"\boxed{(-\infty,0)\cup(1,\infty)}", 1.0),
+    (r"\{1, 2, 3\}", r"\boxed{\{3,2,1\}}", 1.0),
+    (r"\{1, 2, 3\}", r"\boxed{\{1,2\}}", 0.0),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"\boxed{\left(3, \frac{\pi}{2}\right)}", 1.0),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"\boxed{(\frac{\pi}{2}, 3)}", 0.0),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"\boxed{\frac{\pi}{2}}", 0.0),
+]
+
+
+@pytest.mark.parametrize("gold, completion, score", STRUCTURED)
+def test_math_verify_structured_golds_agree_with_plain_math_verify(gold, completion, score):
+    import math_verify as mv
+
+    assert _one(rmath.math_verify, gold, completion) == score
+    assert float(mv.verify(mv.parse(f"${gold}$"), mv.parse(completion))) == score
+
+
 @pytest.mark.parametrize("gold", ["", "   ", "\\boxed{}", "???", "\\frac{"])
 def test_math_verify_unparseable_gold_is_none(gold):
     assert _one(rmath.math_verify, gold, "\\boxed{1}") is None

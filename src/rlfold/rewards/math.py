@@ -144,8 +144,12 @@ _BOXED_CFG: list = []
 _MV_LOCK = threading.Lock()
 _GOLD_CACHE: dict[tuple[str, bool], tuple] = {}
 _GOLD_CACHE_MAX = 100_000
-# A math environment already present in a gold string: an unescaped "$", \(, \[, \boxed, \fbox, \begin{.
-_MATH_DELIM = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox|\\begin\{")
+# A math environment already present in a gold string: an unescaped "$", \(, \[, \boxed, \fbox, or a display
+# environment (\begin{equation}, align, gather, ...). A bare matrix or array environment (\begin{pmatrix}) is
+# LaTeX *inside* math, not a delimiter: such a gold is boxed like any bare LaTeX (as written, math-verify reads
+# only its last entry).
+_MATH_DELIM = re.compile(
+    r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox|\\begin\{(?:equation|align|gather|multline|displaymath|math|flalign|eqnarray)\*?\}")
 
 
 def _mv():
