@@ -96,10 +96,14 @@ def test_bad_inputs_are_rejected() -> None:
         grpo(torch.tensor([1.0, float("nan")]), _ids(0, 0), torch.ones(2, 1))
 
 
+# Parts whose source has no arXiv id, and the kind of source their docstring cites instead.
+NO_ARXIV = {"adora": "blog"}
+
+
 def test_every_part_cites_a_paper() -> None:
     for name in ADVANTAGES.names():
         doc = (ADVANTAGES.get(name).__doc__ or "").strip().splitlines()[0]
-        assert "arXiv" in doc, name
+        assert "arXiv" in doc or NO_ARXIV.get(name, "arXiv") in doc, name
 
 
 # --- RLOO (arXiv 2402.14740) ----------------------------------------------------------------------

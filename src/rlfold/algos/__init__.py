@@ -11,6 +11,12 @@ from __future__ import annotations
 from rlfold.algos import advantages, aggregation, critic, group_filters, kl, policy_losses, selection, token_advantages, decs
 from rlfold.algos import hdpo  # noqa: F401  (registers the hdpo advantage)
 from rlfold.algos import aepo  # noqa: F401  (registers aepo_clip and aepo_entropy_advantage)
+from rlfold.algos import d3s  # noqa: F401  (registers the d3s_samples and d3s_tokens selections)
+from rlfold.algos import mhpo  # noqa: F401  (registers the mhpo policy loss)
+from rlfold.algos import entropy_cov  # noqa: F401  (registers the clip_cov and kl_cov policy losses)
+from rlfold.algos import adora  # noqa: F401  (registers the adora advantage)
+from rlfold.algos import sign_reinforce  # noqa: F401  (registers w_reinforce and the psr_nsr selection)
+from rlfold.algos import unlikeliness  # noqa: F401  (registers the unlikeliness advantage)
 from rlfold.algos import spans  # noqa: F401  (registers the after_marker selection)
 from rlfold.algos import preference  # noqa: F401  (registers PREFERENCE_LOSSES)
 from rlfold.algos import occupancy, regularizers  # noqa: F401  (registers REGULARIZERS: chi2_occupancy)

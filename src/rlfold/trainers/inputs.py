@@ -37,6 +37,8 @@ class StepContext:
     tokenizer: Any = None         # the policy's tokenizer (inputs that map tokens to text)
     per_fn: dict[str, Tensor] = field(default_factory=dict)  # [N] raw score of each reward function, recipe order
     cache: dict[str, Any] = field(default_factory=dict)
+    total_steps: int | None = None  # the run's train.steps (progress-based curricula), None when unknown
+    old_logprobs: Tensor | None = None  # [N, R] log-probs of the policy the update starts from (stage 2)
 
 
 Provider = Callable[[StepContext], Any]
@@ -58,6 +60,23 @@ def _reward_columns(ctx: StepContext) -> Tensor:
     if not ctx.per_fn:
         raise RuntimeError("a part needs 'reward_columns' but the step has no per-function scores")
     return torch.stack([v.to(torch.float64) for v in ctx.per_fn.values()], dim=1)
+
+
+@INPUTS.register("train_progress")
+def _train_progress(ctx: StepContext) -> Tensor:
+    """[N] float64: how far the run is, step / (total_steps - 1) clamped to [0, 1], the same on every row."""
+    if ctx.total_steps is None:
+        raise RuntimeError("a part needs 'train_progress' but the step does not know the run's total steps")
+    p = min(max(ctx.step / max(ctx.total_steps - 1, 1), 0.0), 1.0)
+    return torch.full((ctx.group_ids.shape[0],), p, dtype=torch.float64)
+
+
+@INPUTS.register("old_logprobs")
+def _old_logprobs(ctx: StepContext) -> Tensor:
+    """[N, R] log-probs of the policy the update starts from: the engine's, or the trainer's recomputation."""
+    if ctx.old_logprobs is None:
+        raise RuntimeError("a part needs 'old_logprobs' but the step has computed none")
+    return ctx.old_logprobs
 
 
 @INPUTS.register("truncated")

@@ -258,7 +258,8 @@ class OnlineStep:
         rewards, token_rewards, kl_tokens, kl_metrics = self.kl_stage(s, lp)     # 3. KL
         ctx = StepContext(step=index, prompts=s.prompts, roll=s.roll, scores=s.scores, rewards=rewards,
                           token_rewards=token_rewards, group_ids=s.group_ids, collector=self.collector,
-                          critic=self.critic, per_fn=s.per_fn, tokenizer=self.tokenizer)
+                          critic=self.critic, per_fn=s.per_fn, tokenizer=self.tokenizer,
+                          total_steps=self.cfg.train.steps, old_logprobs=lp.old)
         t0 = time.perf_counter()
         problem = reward_problem(rewards, token_rewards, s.roll.response_mask)
         adv = torch.full(s.roll.response_mask.shape, float("nan"))  # logged as such when never computed
