@@ -306,6 +306,8 @@ class OnlineStep:
             "timing_s/adv": t_adv, "timing_s/critic": t_critic, "timing_s/update": t_update, "timing_s/sync": t_sync,
             "timing_s/step": dt,
             "perf/tokens_per_s": float(roll.response_mask.sum()) / max(s.t_gen, 1e-9),
+            # response tokens in the policy loss after selection (with their repeats when rows are resampled)
+            "train/loss_tokens": float((prep.loss_mask > 0).sum()),
         }
         if self.recompute:
             metrics["timing_s/old"] = lp.seconds_old
@@ -334,7 +336,8 @@ class OnlineStep:
         what = "weighted every token 0" if bool((prep.loss_mask > 0).any()) else "removed every token"
         hint = (f"; every response was cut at rollout.max_new_tokens={self.cfg.rollout.max_new_tokens}, so raise it "
                 "if the responses need more tokens" if bool(s.roll.truncated.all()) else "")
-        return (f"the selection parts ({names}) {what} of the {prep.size} scored samples"
+        scored = int((~s.unscorable).sum())  # before the selection parts (which may drop rows)
+        return (f"the selection parts ({names}) {what} of the {scored} scored samples"
                 + (f" ({shown})" if shown else "") + f", so there is nothing to train on{hint}")
 
     def skip(self, index: int, problem: str, result: StepResult) -> StepResult:

@@ -1,0 +1,177 @@
+"""Claims in miniature: each 2025 policy-optimisation variant against plain GRPO, same base, budget and seeds.
+
+    python bench/claims_table.py                          # every row, seeds 0 1 2 (docs/claims.md)
+    python bench/claims_table.py --rows clip_cov nsr --seeds 0 --json out.json
+    python bench/claims_table.py --summary out.json       # re-print the table of a saved run
+    python bench/claims_table.py train.steps=40           # overrides go to every run (GRPO included)
+
+Every run trains its shipped recipe from ``tiny-arith`` (two-digit addition, 100 steps of 16 prompts x 8
+samples, the recipes' own settings) in this process, one after another, with ``--threads`` torch threads;
+GRPO (``recipes/grpo.yaml``) runs once per seed and is the baseline of every row. Held-out metrics are on
+the task's 200 held-out prompts after the last step: greedy accuracy (``val/arith/acc``, the table's
+pass@1) and pass@16 (16 samples at temperature 1 per prompt, ``eval.pass_k=16``). Training metrics:
+policy entropy is the mean ``actor/entropy`` of the last 20 steps, trained tokens the sum of
+``train/loss_tokens`` over the run. Each row states the paper's claim, the measured figures as mean ± std
+(population) over seeds, and a verdict computed from the means by the row's rule; "does not reproduce"
+is a result, reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rlfold.cli import RECIPES_DIR
+from rlfold.core.config_loader import load_config
+from rlfold.trainers.loop import build_run
+
+BASELINE = "grpo"
+PASS_K = 16
+ENTROPY_TAIL = 20
+EQUAL_ACC_POINTS = 3.0  # "equal accuracy" / "at least matches": within this many points of GRPO
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row: the recipe, the paper's claim in words, the metrics shown, and the rule that decides it."""
+
+    recipe: str
+    claim: str
+    metrics: tuple[str, ...]
+    holds: Callable[[dict[str, float], dict[str, float]], bool]  # (recipe means, GRPO means) -> reproduced?
+
+
+def _within(r: dict[str, float], g: dict[str, float]) -> bool:
+    return abs(r["acc"] - g["acc"]) * 100 <= EQUAL_ACC_POINTS
+
+
+def _at_least(r: dict[str, float], g: dict[str, float]) -> bool:
+    return (g["acc"] - r["acc"]) * 100 <= EQUAL_ACC_POINTS
+
+
+CLAIMS = [
+    Claim("clip_cov", "keeps policy entropy higher at equal held-out accuracy", ("entropy", "acc"),
+          lambda r, g: r["entropy"] > g["entropy"] and _within(r, g)),
+    Claim("kl_cov", "keeps policy entropy higher at equal held-out accuracy", ("entropy", "acc"),
+          lambda r, g: r["entropy"] > g["entropy"] and _within(r, g)),
+    Claim("nsr", f"raises pass@{PASS_K} over GRPO", (f"pass@{PASS_K}", "acc"),
+          lambda r, g: r[f"pass@{PASS_K}"] > g[f"pass@{PASS_K}"]),
+    Claim("w_reinforce", f"raises pass@{PASS_K} over GRPO", (f"pass@{PASS_K}", "acc"),
+          lambda r, g: r[f"pass@{PASS_K}"] > g[f"pass@{PASS_K}"]),
+    Claim("psr", "raises pass@1 (greedy accuracy) over GRPO", ("acc", f"pass@{PASS_K}"),
+          lambda r, g: r["acc"] > g["acc"]),
+    Claim("unlikeliness", f"raises pass@{PASS_K} over GRPO", (f"pass@{PASS_K}", "acc"),
+          lambda r, g: r[f"pass@{PASS_K}"] > g[f"pass@{PASS_K}"]),
+    Claim("d3s", "reaches GRPO's final accuracy with fewer trained tokens", ("acc", "tokens"),
+          lambda r, g: _at_least(r, g) and r["tokens"] < g["tokens"]),
+    Claim("mhpo", "at least matches GRPO's accuracy", ("acc", "entropy"), _at_least),
+    Claim("adora", "at least matches GRPO's accuracy", ("acc", "length"), _at_least),
+]
+OPTIONAL = [  # rows whose recipe ships later; skipped while it is absent
+    Claim("disco", "at least matches GRPO's accuracy", ("acc",), _at_least),
+    Claim("drpo", "at least matches GRPO's accuracy", ("acc", "length"), _at_least),
+    Claim("riskpo", f"at least matches GRPO's pass@{PASS_K}", (f"pass@{PASS_K}", "acc"),
+          lambda r, g: r[f"pass@{PASS_K}"] >= g[f"pass@{PASS_K}"] - EQUAL_ACC_POINTS / 100),
+    Claim("empo", "raises accuracy with no labels at all", ("acc", "acc_gain"), lambda r, g: r["acc_gain"] > 0),
+]
+
+
+def available_claims() -> list[Claim]:
+    return [c for c in CLAIMS + OPTIONAL if (RECIPES_DIR / f"{c.recipe}.yaml").is_file()]
+
+
+def train(recipe: str, seed: int, threads: int, overrides: list[str]) -> dict[str, float]:
+    """Train ``recipe`` once; the row's figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(RECIPES_DIR / f"{recipe}.yaml", [
+            f"seed={seed}", f"run_dir={tmp}/run", f"threads={threads}", "log.progress=false", "eval.every=0",
+            "checkpoint.every=0", f"eval.pass_k={PASS_K}", *overrides])
+        start = time.perf_counter()
+        run = build_run(cfg, Path(cfg.run_dir))
+        rows = run.fit()
+        minutes = (time.perf_counter() - start) / 60
+    task = run.trainer.task.name
+    evals = [r for r in rows if f"val/{task}/acc" in r]
+    steps = [r for r in rows if r.get("step", 0) > 0 and "actor/entropy" in r]
+    first, last = evals[0], evals[-1]
+    tail = steps[-ENTROPY_TAIL:]
+    return {"recipe": recipe, "seed": seed, "minutes": minutes, "steps": len(steps),
+            "acc": last[f"val/{task}/acc"], "acc_gain": last[f"val/{task}/acc"] - first[f"val/{task}/acc"],
+            f"pass@{PASS_K}": last[f"val/{task}/pass@{PASS_K}"], "length": last[f"val/{task}/length"],
+            "entropy": statistics.fmean(r["actor/entropy"] for r in tail) if tail else float("nan"),
+            "tokens": float(sum(r.get("train/loss_tokens", 0.0) for r in steps))}
+
+
+def _means(rows: list[dict], recipe: str) -> dict[str, float]:
+    rs = [r for r in rows if r["recipe"] == recipe]
+    return {k: statistics.fmean(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], float)}
+
+
+def _cell(rows: list[dict], recipe: str, key: str) -> str:
+    xs = [r[key] for r in rows if r["recipe"] == recipe]
+    scale, fmt = (100, "{:.1f}") if key in ("acc", "acc_gain") or key.startswith("pass@") else (
+        (1e-3, "{:.1f}k") if key == "tokens" else (1, "{:.3f}" if key == "entropy" else "{:.1f}"))
+    mean, sd = statistics.fmean(xs) * scale, statistics.pstdev(xs) * scale
+    return f"{fmt.format(mean)} ± {fmt.format(sd).rstrip('k')}"
+
+
+UNITS = {"acc": "acc (%)", "acc_gain": "acc gain (points)", f"pass@{PASS_K}": f"pass@{PASS_K} (%)",
+         "entropy": "entropy (nats)", "tokens": "trained tokens", "length": "length (tokens)"}
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table: one line per claim, recipe vs GRPO for each of its metrics, and the verdict."""
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"Seeds {' '.join(map(str, seeds))}; mean ± std (population) over seeds; GRPO is the baseline of every row.",
+             "", "| recipe | claim | metric: recipe vs GRPO | verdict |", "|---|---|---|---|"]
+    g = _means(rows, BASELINE)
+    for c in [c for c in CLAIMS + OPTIONAL if any(r["recipe"] == c.recipe for r in rows)]:
+        r = _means(rows, c.recipe)
+        shown = "; ".join(f"{UNITS[m]} {_cell(rows, c.recipe, m)} vs {_cell(rows, BASELINE, m)}" for m in c.metrics)
+        verdict = "reproduces" if c.holds(r, g) else "does not reproduce"
+        lines.append(f"| {c.recipe} | {c.claim} | {shown} | {verdict} |")
+    minutes = sum(r["minutes"] for r in rows)
+    lines += ["", f"{len(rows)} runs, {minutes:.1f} minutes of training in all."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", nargs="+", default=None, help="claim rows (recipe names); default: every shipped one")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="also write the per-run rows to this JSON file")
+    ap.add_argument("--summary", default=None, help="print the table of a saved --json file and exit")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every run (GRPO included)")
+    args = ap.parse_args()
+    if args.summary:
+        print(table(json.loads(Path(args.summary).read_text())))
+        return
+    known = {c.recipe: c for c in available_claims()}
+    names = args.rows or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        ap.error(f"no claim row for {', '.join(unknown)}; rows: {', '.join(known)}")
+    torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    for seed in args.seeds:
+        for recipe in [BASELINE, *names]:
+            row = train(recipe, seed, args.threads, args.overrides)
+            rows.append(row)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1))
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

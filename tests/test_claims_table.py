@@ -1,0 +1,62 @@
+"""bench/claims_table.py: the verdict rules and the table, on hand-made rows (the measured table is docs/claims.md)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import claims_table as ct  # noqa: E402
+
+
+def _row(recipe: str, seed: int, **figures: float) -> dict:
+    base = {"recipe": recipe, "seed": seed, "minutes": 1.0, "steps": 100.0, "acc": 0.9, "acc_gain": 0.5,
+            "pass@16": 0.95, "length": 3.5, "entropy": 0.3, "tokens": 40_000.0}
+    return {**base, **figures}
+
+
+def _verdicts(rows: list[dict]) -> dict[str, str]:
+    out = {}
+    for line in ct.table(rows).splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 4 and cells[0] not in ("recipe", "---"):
+            out[cells[0]] = cells[3]
+    return out
+
+
+def test_every_shipped_claim_recipe_has_a_row():
+    rows = {c.recipe for c in ct.available_claims()}
+    assert {"clip_cov", "kl_cov", "nsr", "w_reinforce", "psr", "unlikeliness", "d3s"} <= rows
+    for c in ct.available_claims():
+        assert (ct.RECIPES_DIR / f"{c.recipe}.yaml").is_file()
+
+
+def test_verdicts_follow_the_rules_on_the_means():
+    rows = [_row("grpo", s) for s in (0, 1)]
+    # entropy higher at equal accuracy (within 3 points): reproduces; kl_cov loses 5 points: does not
+    rows += [_row("clip_cov", s, entropy=0.5, acc=0.89) for s in (0, 1)]
+    rows += [_row("kl_cov", s, entropy=0.5, acc=0.85) for s in (0, 1)]
+    # pass@16 up on average (one seed below GRPO): reproduces
+    rows += [_row("nsr", 0, **{"pass@16": 0.99}), _row("nsr", 1, **{"pass@16": 0.93})]
+    # fewer tokens but 4 points lower: does not reproduce
+    rows += [_row("d3s", s, tokens=10_000.0, acc=0.86) for s in (0, 1)]
+    v = _verdicts(rows)
+    assert v == {"clip_cov": "reproduces", "kl_cov": "does not reproduce", "nsr": "reproduces",
+                 "d3s": "does not reproduce"}
+
+
+def test_cells_are_mean_and_population_std_in_the_table_units():
+    rows = [_row("grpo", 0, acc=0.80), _row("grpo", 1, acc=0.90), _row("psr", 0, acc=0.95), _row("psr", 1, acc=0.95)]
+    text = ct.table(rows)
+    assert "acc (%) 95.0 ± 0.0 vs 85.0 ± 5.0" in text
+    assert "Seeds 0 1" in text and "4 runs" in text
+
+
+@pytest.mark.parametrize("argv", [["--rows", "nonexistent"]])
+def test_unknown_row_is_refused(argv, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["claims_table.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        ct.main()
+    assert e.value.code == 2
+    assert "no claim row for nonexistent" in capsys.readouterr().err
