@@ -174,8 +174,10 @@ def test_every_option_is_checkable_and_its_default_fits(kind, name, fn):
 
 def test_group_relative_parts_are_declared_not_named():
     declared = {n for n in R.ADVANTAGES.names() if is_group_relative(R.ADVANTAGES.get(n))}
-    assert declared == {"grpo", "dr_grpo", "rloo", "opo", "grpo_passk", "reinforce_pp_baseline", "decs", "hdpo"}
+    assert declared == {"grpo", "dr_grpo", "rloo", "opo", "grpo_passk", "reinforce_pp_baseline", "decs", "hdpo",
+                        "unlikeliness", "adora"}
     assert is_group_relative(R.GROUP_FILTERS.get("dynamic_sampling"))
+    assert is_group_relative(R.SHAPINGS.get("empo"))
 
 
 @pytest.mark.parametrize("overrides,key,value", [
@@ -186,6 +188,8 @@ def test_group_relative_parts_are_declared_not_named():
     (["algo.advantage=gae", "algo.advantage_kwargs={}", "algo.group_filters=[{name: dynamic_sampling}]",
       "rollout.n=1"], "rollout.n",
      "group filter 'dynamic_sampling'"),
+    (["algo.advantage=gae", "algo.advantage_kwargs={}", "shaping=[{name: empo}]", "rollout.n=1"], "rollout.n",
+     "reward-shaping part 'empo'"),
 ])
 def test_no_learning_signal_is_an_error_by_default(overrides, key, value):
     with pytest.raises(ConfigError) as err:

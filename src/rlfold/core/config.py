@@ -552,6 +552,9 @@ class RunConfig(_Strict):
         parts += [("group filter", f.name, GROUP_FILTERS.get(f.name),
                    "rejects every group (its samples never differ), so each step trains on groups without signal")
                   for f in self.algo.group_filters]
+        parts += [("reward-shaping part", sp.name, SHAPINGS.get(sp.name),
+                   "gives every sample of a group the same reward, so the group-relative advantage is 0")
+                  for sp in self.shaping]
         opt_out = "set algo.allow_no_signal=true to run it anyway"
         for what, name, part, effect in parts:
             if not is_group_relative(part):

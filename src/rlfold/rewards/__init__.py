@@ -26,6 +26,7 @@ from rlfold.rewards import (  # noqa: F401,E402
     search_retrieval as _search_retrieval,
     search_rubric as _search_rubric,
     aggregation as _aggregation,
+    empo as _empo,
 )
 
 __all__ = ["REWARDS", "SHAPINGS", "RewardFn", "ScoreResult", "Shaped", "ShapingInput", "score_batch", "score_rewards"]
