@@ -81,6 +81,7 @@ OPTIONAL = [  # rows whose recipe ships later; skipped while it is absent
     Claim("riskpo", f"at least matches GRPO's pass@{PASS_K}", (f"pass@{PASS_K}", "acc"),
           lambda r, g: r[f"pass@{PASS_K}"] >= g[f"pass@{PASS_K}"] - EQUAL_ACC_POINTS / 100),
     Claim("empo", "raises accuracy with no labels at all", ("acc", "acc_gain"), lambda r, g: r["acc_gain"] > 0),
+    Claim("ace", "at least matches GRPO's accuracy", ("acc", f"pass@{PASS_K}"), _at_least),
 ]
 
 

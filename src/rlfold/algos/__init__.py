@@ -17,6 +17,7 @@ from rlfold.algos import entropy_cov  # noqa: F401  (registers the clip_cov and 
 from rlfold.algos import adora  # noqa: F401  (registers the adora advantage)
 from rlfold.algos import sign_reinforce  # noqa: F401  (registers w_reinforce and the psr_nsr selection)
 from rlfold.algos import unlikeliness  # noqa: F401  (registers the unlikeliness advantage)
+from rlfold.algos import ace  # noqa: F401  (registers the ace advantage)
 from rlfold.algos import spans  # noqa: F401  (registers the after_marker selection)
 from rlfold.algos import preference  # noqa: F401  (registers PREFERENCE_LOSSES)
 from rlfold.algos import occupancy, regularizers  # noqa: F401  (registers REGULARIZERS: chi2_occupancy)

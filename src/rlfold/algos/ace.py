@@ -1,4 +1,4 @@
-"""ACE: GRPO advantages whose negative part grows with the rollout's confidence shift (Xu et al. 2026, arXiv 2602.21420).
+"""ACE: negative GRPO advantages scaled up by the rollout's confidence shift (Xu et al. 2026, arXiv 2602.21420).
 
 "Overconfident Errors Need Stronger Correction: Asymmetric Confidence Penalties for Reinforcement
 Learning" (Xu, Sang, Zhou, He, Wang) measures, per rollout, how much training has raised its
@@ -25,9 +25,13 @@ from rlfold.algos.advantages import ADVANTAGES, Eps, Scale, _check_inputs, grpo
 from rlfold.core.options import group_relative
 from rlfold.core.registry import needs
 
-__all__ = ["ace", "ace_factor", "confidence_shift"]
+__all__ = ["OVERCONFIDENT_METRIC_NATS", "ace", "ace_factor", "confidence_shift"]
 
 Modulation = Literal["relu", "tanh", "softplus"]
+
+# The metric ``ace/frac_overconfident_errors`` counts c > this many nats: with the policy still equal
+# to the reference (the first step) c is rounding noise (about 1e-6) of either sign, not confidence.
+OVERCONFIDENT_METRIC_NATS = 1e-3
 
 
 def confidence_shift(old_logprobs: Tensor, ref_logprobs: Tensor, response_mask: Tensor) -> Tensor:
@@ -103,9 +107,11 @@ def ace(
     For relu and tanh a negative advantage with c <= 0 is exactly unchanged; for all three |A'| is
     non-decreasing in c and the sign is kept. ``alpha = 0`` is GRPO exactly. Default ``alpha = 1``:
     c is in nats, so an error that has become e times likelier than under the reference (c = 1)
-    gets twice the penalty; at the first step (policy = reference, c = 0) ACE is GRPO.
+    gets twice the penalty; at the first step (policy = reference, c = 0) relu and tanh are GRPO.
+    ``tau`` (nats) is the scale of tanh and softplus; relu ignores it.
     Metrics: ``frac_reward_zero_std`` (as ``grpo``), ``ace/c_mean`` (mean c over rows),
-    ``ace/frac_overconfident_errors`` (share of rows with A < 0 that have c > 0), ``ace/factor_mean``
+    ``ace/frac_overconfident_errors`` (share of rows with A < 0 that have c > 1e-3 nats, above the
+    rounding noise of c when policy and reference are the same weights), ``ace/factor_mean``
     and ``ace/factor_max`` (f over the rows with A < 0; 1 when there are none).
     """
     _check_inputs(rewards, group_ids, response_mask)
@@ -126,10 +132,11 @@ def ace(
     # exactly the valid tokens of the rows with a negative advantage.
     negative = (adv < 0).any(dim=1)
     out = torch.where(adv < 0, adv * factor.to(adv.dtype)[:, None], adv)
-    neg_f = factor[negative]
+    neg_f, neg_c = factor[negative], c[negative]
     metrics.update({
         "ace/c_mean": float(c.mean()),
-        "ace/frac_overconfident_errors": float((c[negative] > 0).double().mean()) if neg_f.numel() else 0.0,
+        "ace/frac_overconfident_errors": (float((neg_c > OVERCONFIDENT_METRIC_NATS).double().mean())
+                                          if neg_c.numel() else 0.0),
         "ace/factor_mean": float(neg_f.mean()) if neg_f.numel() else 1.0,
         "ace/factor_max": float(neg_f.max()) if neg_f.numel() else 1.0,
     })

@@ -39,6 +39,7 @@ class StepContext:
     cache: dict[str, Any] = field(default_factory=dict)
     total_steps: int | None = None  # the run's train.steps (progress-based curricula), None when unknown
     old_logprobs: Tensor | None = None  # [N, R] log-probs of the policy the update starts from (stage 2)
+    ref_logprobs: Tensor | None = None  # [N, R] log-probs of the reference model (stage 2), None without one
 
 
 Provider = Callable[[StepContext], Any]
@@ -77,6 +78,14 @@ def _old_logprobs(ctx: StepContext) -> Tensor:
     if ctx.old_logprobs is None:
         raise RuntimeError("a part needs 'old_logprobs' but the step has computed none")
     return ctx.old_logprobs
+
+
+@INPUTS.register("ref_logprobs")
+def _ref_logprobs(ctx: StepContext) -> Tensor:
+    """[N, R] log-probs of the reference model (the frozen initial policy) on the batch's responses."""
+    if ctx.ref_logprobs is None:
+        raise RuntimeError("a part needs 'ref_logprobs' but the step has no reference model")
+    return ctx.ref_logprobs
 
 
 @INPUTS.register("truncated")

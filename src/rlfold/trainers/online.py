@@ -146,9 +146,10 @@ class OnlineStep:
             enable_gradient_checkpointing(self.module)
         self.n_params, self.peak_flops = count_parameters(self.module), peak_flops(self.device, cfg.train.peak_tflops)
         self.regularizers = [(REGULARIZERS.get(r.name)(**r.kwargs), r.coef) for r in a.regularizers]
-        needs_ref = a.kl_coef > 0 or any("ref_logprobs" in needed_inputs(p) for p, _ in self.regularizers)
-        self.reference = build_reference(self.policy, cfg.model.path, dtype) if needs_ref else None
         self.adv_fn = ADVANTAGES.get(a.advantage)
+        needs_ref = (a.kl_coef > 0 or "ref_logprobs" in needed_inputs(self.adv_fn)
+                     or any("ref_logprobs" in needed_inputs(p) for p, _ in self.regularizers))
+        self.reference = build_reference(self.policy, cfg.model.path, dtype) if needs_ref else None
         self.policy_term = PolicyTerm(POLICY_LOSSES.get(a.policy_loss), a.policy_loss_options())
         self.aggregation = AGGREGATIONS.get(a.loss_agg)
         self.max_len = a.loss_agg_max_len or cfg.rollout.max_new_tokens
@@ -259,7 +260,7 @@ class OnlineStep:
         ctx = StepContext(step=index, prompts=s.prompts, roll=s.roll, scores=s.scores, rewards=rewards,
                           token_rewards=token_rewards, group_ids=s.group_ids, collector=self.collector,
                           critic=self.critic, per_fn=s.per_fn, tokenizer=self.tokenizer,
-                          total_steps=self.cfg.train.steps, old_logprobs=lp.old)
+                          total_steps=self.cfg.train.steps, old_logprobs=lp.old, ref_logprobs=lp.ref)
         t0 = time.perf_counter()
         problem = reward_problem(rewards, token_rewards, s.roll.response_mask)
         adv = torch.full(s.roll.response_mask.shape, float("nan"))  # logged as such when never computed
