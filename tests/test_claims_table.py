@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import claims_table as ct  # noqa: E402
 
 
-def _row(recipe: str, seed: int, **figures: float) -> dict:
-    base = {"recipe": recipe, "seed": seed, "minutes": 1.0, "steps": 100.0, "acc": 0.9, "acc_gain": 0.5,
+def _row(recipe: str, seed: int, setting: str = "", **figures: float) -> dict:
+    base = {"recipe": recipe, "setting": setting, "seed": seed, "minutes": 1.0, "steps": 100.0, "acc": 0.9, "acc_gain": 0.5,
             "pass@16": 0.95, "length": 3.5, "entropy": 0.3, "tokens": 40_000.0}
     return {**base, **figures}
 
@@ -20,8 +20,8 @@ def _verdicts(rows: list[dict]) -> dict[str, str]:
     out = {}
     for line in ct.table(rows).splitlines():
         cells = [c.strip() for c in line.split("|")[1:-1]]
-        if len(cells) == 4 and cells[0] not in ("recipe", "---"):
-            out[cells[0]] = cells[3]
+        if len(cells) == 5 and cells[0] not in ("recipe", "---"):
+            out[cells[0]] = cells[4]
     return out
 
 
@@ -37,8 +37,10 @@ def test_verdicts_follow_the_rules_on_the_means():
     # entropy higher at equal accuracy (within 3 points): reproduces; kl_cov loses 5 points: does not
     rows += [_row("clip_cov", s, entropy=0.5, acc=0.89) for s in (0, 1)]
     rows += [_row("kl_cov", s, entropy=0.5, acc=0.85) for s in (0, 1)]
-    # pass@16 up on average (one seed below GRPO): reproduces
-    rows += [_row("nsr", 0, **{"pass@16": 0.99}), _row("nsr", 1, **{"pass@16": 0.93})]
+    # pass@16 up on average (one seed below GRPO) against GRPO on the harder setting: reproduces
+    hard = " ".join(ct.HARDER)
+    rows += [_row("grpo", s, hard, **{"pass@16": 0.5}) for s in (0, 1)]
+    rows += [_row("nsr", 0, hard, **{"pass@16": 0.6}), _row("nsr", 1, hard, **{"pass@16": 0.45})]
     # fewer tokens but 4 points lower: does not reproduce
     rows += [_row("d3s", s, tokens=10_000.0, acc=0.86) for s in (0, 1)]
     v = _verdicts(rows)
@@ -47,10 +49,13 @@ def test_verdicts_follow_the_rules_on_the_means():
 
 
 def test_cells_are_mean_and_population_std_in_the_table_units():
-    rows = [_row("grpo", 0, acc=0.80), _row("grpo", 1, acc=0.90), _row("psr", 0, acc=0.95), _row("psr", 1, acc=0.95)]
+    hard = " ".join(ct.HARDER)
+    rows = [_row("grpo", 0, hard, acc=0.80), _row("grpo", 1, hard, acc=0.90), _row("psr", 0, hard, acc=0.95),
+            _row("psr", 1, hard, acc=0.95), _row("grpo", 0, acc=0.1), _row("grpo", 1, acc=0.1)]
     text = ct.table(rows)
-    assert "acc (%) 95.0 ± 0.0 vs 85.0 ± 5.0" in text
-    assert "Seeds 0 1" in text and "4 runs" in text
+    assert "acc (%) 95.0 ± 0.0 vs 85.0 ± 5.0" in text  # against GRPO in psr's own setting only
+    assert f"| psr | {hard} |" in text
+    assert "Seeds 0 1" in text and "6 runs" in text
 
 
 @pytest.mark.parametrize("argv", [["--rows", "nonexistent"]])

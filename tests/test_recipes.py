@@ -9,6 +9,8 @@ import yaml
 from rlfold.cli import RECIPES_DIR, main
 
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+# Recipes whose batch must be whole bundles of prompts (riskpo: bundle_size 5); the others run with 4.
+PROMPTS_PER_STEP = {"riskpo": 5}
 REQUIRED = ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax",
             "opo", "ppo", "vc_ppo", "pf_ppo"]
 
@@ -46,7 +48,8 @@ def _reward_model_paths(recipe: str, rm_dir) -> list[str]:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_five_steps_through_the_cli(recipe, tmp_path, capsys, reward_model_dir):
     run_dir = tmp_path / "run"
-    rc = main(["train", recipe, f"run_dir={run_dir}", "train.steps=5", "train.prompts_per_step=4",
+    rc = main(["train", recipe, f"run_dir={run_dir}", "train.steps=5",
+               f"train.prompts_per_step={PROMPTS_PER_STEP.get(recipe, 4)}",
                "eval.size=16", "eval.every=0", "checkpoint.every=0", "log.progress=false", "critic.pretrain_steps=0"
                if recipe != "vc_ppo" else "critic.pretrain_steps=1", *_reward_model_paths(recipe, reward_model_dir)])
     assert rc == 0, capsys.readouterr().err

@@ -83,8 +83,8 @@ def test_unscorable_rows_are_left_out_of_the_loss(parts, tmp_path):
     seen = {}
     original = trainer.select
 
-    def spy_select(sampled, logprobs, rewards, adv, index):
-        prep, metrics = original(sampled, logprobs, rewards, adv, index)
+    def spy_select(ctx, sampled, logprobs, rewards, adv, index):
+        prep, metrics = original(ctx, sampled, logprobs, rewards, adv, index)
         seen["mask"], seen["rows"] = prep.loss_mask.clone(), prep.rows.clone()
         return prep, metrics
 

@@ -35,9 +35,12 @@ from rlfold.core.options import group_relative
 __all__ = [
     "QUANTILE_GRID",
     "bundle_papers",
+    "mvar_advantage",
     "mvar_weight",
     "quantile_tracker_init",
     "quantile_tracker_step",
+    "quantile_tracker_update",
+    "quantile_values",
     "riskpo",
     "tracked_quantiles",
 ]
@@ -152,6 +155,91 @@ def _credit(g: Tensor, r: Tensor, q_std: Tensor, q_mean: Tensor, credit: str, ep
     return g[None, :] * shared
 
 
+def quantile_tracker_update(q: Tensor | None, x: Tensor, lr: float, levels: Tensor = QUANTILE_GRID) -> Tensor:
+    """The tracker after one batch of paper scores ``x``: the batch's empirical quantiles when there is no
+    tracker yet (``q`` None; the official first step initialises and does not step), else one SGD step."""
+    return quantile_tracker_init(x, levels) if q is None else quantile_tracker_step(q, x, lr, levels)
+
+
+def quantile_values(mode: str, batch_a: Tensor, batch_b: Tensor,
+                    tracked: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
+    """(a, b) one bundle uses: ``batch`` its batch quantiles; ``track`` the tracked ones; ``mix`` their
+    average. Before the tracker has a value (the first step) every mode uses the batch quantiles."""
+    if mode == "batch" or tracked is None:
+        return batch_a, batch_b
+    ta, tb = (torch.as_tensor(v, dtype=batch_a.dtype, device=batch_a.device) for v in tracked)
+    if mode == "track":
+        return ta, tb
+    if mode == "mix":
+        return (ta + batch_a) / 2, (tb + batch_b) / 2
+    raise ValueError(f"riskpo: unknown q_track_mode {mode!r}")
+
+
+def mvar_advantage(
+    rewards: Tensor,
+    group_ids: Tensor,
+    *,
+    bundle_size: int,
+    quantile_down: float,
+    quantile_up: float,
+    w_mix: float,
+    natural_baseline: bool,
+    norm_by_std: bool,
+    credit: str,
+    eps: float,
+    q_track_mode: str = "batch",
+    tracked: tuple[float, float] | None = None,
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """([N] RiskPO advantage per row, all paper scores of the batch, metrics); see ``riskpo``.
+    ``tracked`` = (a, b) of the online tracker, used as ``quantile_values`` says."""
+    if not quantile_down < quantile_up:
+        raise ValueError(f"riskpo: quantile_down={quantile_down} must be below quantile_up={quantile_up}")
+    adv = torch.zeros_like(rewards)
+    papers = bundle_papers(group_ids, bundle_size)
+    stats: dict[str, list[Tensor]] = {"x": [], "a": [], "b": [], "g": [], "below_a": [], "above_b": []}
+    for idx in papers:  # idx [B, K]
+        r = rewards[idx]
+        x = r.sum(dim=0)  # [K] paper scores
+        if x.numel() == 1:
+            a = b = x[0]
+            std = torch.ones((), dtype=x.dtype, device=x.device)
+        else:
+            a = torch.quantile(x, quantile_down)
+            b = torch.quantile(x, quantile_up)
+            std = x.std()
+        a, b = quantile_values(q_track_mode, a, b, tracked)
+        g, _, _ = mvar_weight(x, a, b, alpha=quantile_down, beta=quantile_up, w_mix=w_mix,
+                              natural_baseline=natural_baseline)
+        if norm_by_std:
+            g = g / (std + eps)
+        # per-question statistics over all rows of the question (not only the first K)
+        q_std = torch.empty(idx.shape[0], dtype=rewards.dtype, device=rewards.device)
+        q_mean = torch.empty_like(q_std)
+        for qi in range(idx.shape[0]):
+            rq = rewards[group_ids == group_ids[idx[qi, 0]]]
+            s = rq.std() if rq.numel() > 1 else rq.new_tensor(0.0)
+            q_std[qi] = s if s > _STD_FLOOR else 1.0
+            q_mean[qi] = rq.mean()
+        adv[idx] = _credit(g, r, q_std, q_mean, credit, eps)
+        stats["x"].append(x)
+        stats["g"].append(g)
+        stats["a"].append(a.reshape(1))
+        stats["b"].append(b.reshape(1))
+        stats["below_a"].append((x < a).to(x.dtype))
+        stats["above_b"].append((x > b).to(x.dtype))
+    cat = {k: torch.cat(v) for k, v in stats.items()}
+    metrics = {
+        "riskpo/paper_score_mean": float(cat["x"].mean()),
+        "riskpo/q_down_mean": float(cat["a"].mean()),
+        "riskpo/q_up_mean": float(cat["b"].mean()),
+        "riskpo/frac_below_q_down": float(cat["below_a"].mean()),
+        "riskpo/frac_above_q_up": float(cat["above_b"].mean()),
+        "riskpo/paper_weight_mean": float(cat["g"].mean()),
+        "riskpo/n_bundles": float(len(papers)),
+    }
+    return adv, cat["x"], metrics
+
+
 @ADVANTAGES.register("riskpo")
 @group_relative
 def riskpo(
@@ -185,55 +273,12 @@ def riskpo(
     ``use_mean_as_baseline`` (trapezoid baseline over the tracked grid) is not offered.
     """
     _check_inputs(rewards, group_ids, response_mask)
-    if not quantile_down < quantile_up:
-        raise ValueError(f"riskpo: quantile_down={quantile_down} must be below quantile_up={quantile_up}")
     if q_track_mode != "batch":
         raise ValueError(f"riskpo: q_track_mode={q_track_mode!r} needs advantage state; only 'batch' is supported")
     rewards = (rewards if rewards.dtype.is_floating_point else rewards.float()).detach()
-    adv = torch.zeros_like(rewards)
     if rewards.numel() == 0:
-        return _broadcast(adv, response_mask), {}
-    papers = bundle_papers(group_ids, bundle_size)
-
-    stats: dict[str, list[Tensor]] = {"x": [], "a": [], "b": [], "g": [], "below_a": [], "above_b": []}
-    for idx in papers:  # idx [B, K]
-        r = rewards[idx]
-        x = r.sum(dim=0)  # [K] paper scores
-        if x.numel() == 1:
-            a = b = x[0]
-            std = torch.ones((), dtype=x.dtype, device=x.device)
-        else:
-            a = torch.quantile(x, quantile_down)
-            b = torch.quantile(x, quantile_up)
-            std = x.std()
-        g, _, _ = mvar_weight(x, a, b, alpha=quantile_down, beta=quantile_up, w_mix=w_mix,
-                              natural_baseline=natural_baseline)
-        if norm_by_std:
-            g = g / (std + eps)
-        # per-question statistics over all rows of the question (not only the first K)
-        q_std = torch.empty(idx.shape[0], dtype=rewards.dtype, device=rewards.device)
-        q_mean = torch.empty_like(q_std)
-        for qi in range(idx.shape[0]):
-            all_rows = group_ids == group_ids[idx[qi, 0]]
-            rq = rewards[all_rows]
-            s = rq.std() if rq.numel() > 1 else rq.new_tensor(0.0)
-            q_std[qi] = s if s > _STD_FLOOR else 1.0
-            q_mean[qi] = rq.mean()
-        adv[idx] = _credit(g, r, q_std, q_mean, credit, eps)
-        stats["x"].append(x)
-        stats["g"].append(g)
-        stats["a"].append(a.reshape(1))
-        stats["b"].append(b.reshape(1))
-        stats["below_a"].append((x < a).to(x.dtype))
-        stats["above_b"].append((x > b).to(x.dtype))
-    cat = {k: torch.cat(v) for k, v in stats.items()}
-    metrics = {
-        "riskpo/paper_score_mean": float(cat["x"].mean()),
-        "riskpo/q_down_mean": float(cat["a"].mean()),
-        "riskpo/q_up_mean": float(cat["b"].mean()),
-        "riskpo/frac_below_q_down": float(cat["below_a"].mean()),
-        "riskpo/frac_above_q_up": float(cat["above_b"].mean()),
-        "riskpo/paper_weight_mean": float(cat["g"].mean()),
-        "riskpo/n_bundles": float(len(papers)),
-    }
+        return _broadcast(torch.zeros_like(rewards), response_mask), {}
+    adv, _, metrics = mvar_advantage(
+        rewards, group_ids, bundle_size=bundle_size, quantile_down=quantile_down, quantile_up=quantile_up,
+        w_mix=w_mix, natural_baseline=natural_baseline, norm_by_std=norm_by_std, credit=credit, eps=eps)
     return _broadcast(adv, response_mask), metrics

@@ -57,7 +57,8 @@ from rlfold.trainers.reference import build_reference
 from rlfold.trainers.schedule import make_scheduler
 from rlfold.trainers.scoring import Scorer, reward_problem
 from rlfold.trainers.sft import SFTTerm
-from rlfold.trainers.update import EntropyTerm, KLTerm, PolicyTerm, PreparedBatch, RegularizerTerm, policy_update
+from rlfold.trainers.update import (EntropyTerm, KLTerm, PolicyTerm, PreparedBatch, RegularizerTerm,
+                                    group_objective_problem, policy_update)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -150,7 +151,15 @@ class OnlineStep:
         needs_ref = (a.kl_coef > 0 or "ref_logprobs" in needed_inputs(self.adv_fn)
                      or any("ref_logprobs" in needed_inputs(p) for p, _ in self.regularizers))
         self.reference = build_reference(self.policy, cfg.model.path, dtype) if needs_ref else None
-        self.policy_term = PolicyTerm(POLICY_LOSSES.get(a.policy_loss), a.policy_loss_options())
+        policy_fn = POLICY_LOSSES.get(a.policy_loss)
+        tc = cfg.train
+        problem = group_objective_problem(policy_fn, a.policy_loss, loss_agg=a.loss_agg, n=cfg.rollout.n,
+                                          mini_batch_size=tc.mini_batch_size, micro_batch_size=tc.micro_batch_size,
+                                          micro_batch_tokens=tc.micro_batch_tokens, strategy=tc.strategy)
+        if problem is not None:
+            raise ConfigError(problem)
+        self.policy_term = PolicyTerm(policy_fn, a.policy_loss_options(),
+                                      max_response_length=cfg.rollout.max_new_tokens)
         self.aggregation = AGGREGATIONS.get(a.loss_agg)
         self.max_len = a.loss_agg_max_len or cfg.rollout.max_new_tokens
         self.kl_estimator = KL_ESTIMATORS.get(a.kl_estimator)
@@ -434,7 +443,7 @@ class OnlineStep:
         prep = PreparedBatch(roll=roll.select(rows), advantages=adv[rows], old_logprobs=lp.old[rows],
                              loss_mask=loss_mask, prompts=[s.prompts[i] for i in rows.tolist()],
                              token_weights=weights, ref_logprobs=lp.ref[rows] if lp.ref is not None else None,
-                             rows=rows)
+                             rows=rows, rewards=rewards[rows], group_ids=s.group_ids[rows])
         return prep, metrics
 
     def critic_stage(self, ctx: StepContext, prep: PreparedBatch) -> dict[str, float]:

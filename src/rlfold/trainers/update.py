@@ -27,6 +27,8 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from rlfold.algos.aggregation import Aggregation
+from rlfold.algos.disco import GROUP_OBJECTIVE_AGGREGATION
+from rlfold.core.errors import ConfigError
 from rlfold.core.masked import masked_sum
 from rlfold.core.registry import needed_inputs
 from rlfold.core.types import Prompt, RolloutBatch
@@ -56,6 +58,8 @@ class PreparedBatch:
     old_values: Tensor | None = None      # [N, R] critic values before the update (shared critic)
     returns: Tensor | None = None         # [N, R] critic targets (shared critic)
     rows: Tensor | None = None            # [N] index of each prepared row in the collected batch
+    rewards: Tensor | None = None         # [N] sequence rewards (the advantage's), for group objectives
+    group_ids: Tensor | None = None       # [N] prompt group of each row, for group objectives
 
     @property
     def size(self) -> int:
@@ -104,15 +108,105 @@ def mini_batch_normaliser(aggregation: Aggregation, mask: Tensor, max_len: int |
     return reduce(norm) if aggregation.additive else norm
 
 
+# What a policy-loss part may declare with ``@needs`` besides its positional tensors, supplied for each
+# call by ``PolicyTerm``: the call's rows (``rewards``, ``group_ids``: [n]), statistics of the optimiser
+# mini-batch (``batch_groups``: its prompt groups, ``batch_tokens``: its loss tokens; 0-d, summed over
+# ranks) and the generation limit ``max_response_length``. A part needing ``group_ids`` is a *group
+# objective* (DisCO, DRPO: ``algos.disco``): each call must hold whole groups of its mini-batch.
+POLICY_INPUTS = ("rewards", "group_ids", "batch_groups", "batch_tokens", "max_response_length")
+
+
+def is_group_objective(fn: Callable) -> bool:
+    """Whether policy-loss part ``fn`` compares the rows of a group with each other (needs ``group_ids``)."""
+    return "group_ids" in needed_inputs(fn)
+
+
+def group_objective_problem(fn: Callable, name: str, *, loss_agg: str, n: int, mini_batch_size: int,
+                            micro_batch_size: int, micro_batch_tokens: int, strategy: str) -> str | None:
+    """Why the update cannot give policy loss ``name`` whole groups (None if it can, or if it needs none).
+
+    Rows of a group are consecutive (``rollout.n`` per prompt), so mini- and micro-batches of a multiple of
+    n rows hold whole groups (unless a selection part drops rows: ``PolicyTerm`` checks each call);
+    length-bucketed micro-batches and data-parallel shards do not keep them together."""
+    unknown = [k for k in needed_inputs(fn) if k not in POLICY_INPUTS]
+    if unknown:
+        return (f"algo.policy_loss={name} needs {', '.join(unknown)}, which the update does not supply "
+                f"(it supplies {', '.join(POLICY_INPUTS)})")
+    if not is_group_objective(fn):
+        return None
+    where = f"algo.policy_loss={name} compares the responses of each prompt, so every forward must hold whole groups"
+    for key, value in (("train.mini_batch_size", mini_batch_size), ("train.micro_batch_size", micro_batch_size)):
+        if value and value % n:
+            return (f"{where}: {key}={value} is not a multiple of rollout.n={n}; set it to a multiple of {n} "
+                    "(or 0: the whole batch)")
+    if micro_batch_tokens:
+        return (f"{where}: train.micro_batch_tokens={micro_batch_tokens} sorts rows by length across groups; "
+                "set train.micro_batch_tokens=0 and size forwards with train.micro_batch_size")
+    if strategy != "single":
+        return f"{where}: train.strategy={strategy} shards rows across processes regardless of groups; use single"
+    if loss_agg != GROUP_OBJECTIVE_AGGREGATION:
+        return (f"{where} and writes each forward's loss on its tokens: set algo.loss_agg="
+                f"{GROUP_OBJECTIVE_AGGREGATION} (got {loss_agg})")
+    return None
+
+
 @dataclass
 class PolicyTerm:
-    """The policy-loss part per token, times importance weights, aggregated."""
+    """The policy-loss part per token, times importance weights, aggregated.
+
+    The part gets the inputs it declares with ``@needs`` from ``POLICY_INPUTS``; a group objective's call
+    is checked to hold whole groups and refuses token weights."""
 
     fn: Callable
     kwargs: dict[str, Any]
+    max_response_length: int | None = None
+
+    def _inputs(self, prep: PreparedBatch, mb: MicroBatch) -> dict[str, Any]:
+        names = needed_inputs(self.fn)
+        if not names:
+            return {}
+        dev = mb.logprobs.device
+        batch = mb.rows if mb.batch_rows is None else mb.batch_rows
+        out: dict[str, Any] = {}
+        for name in names:
+            if name in ("rewards", "group_ids", "batch_groups"):
+                source = prep.rewards if name == "rewards" else prep.group_ids
+                if source is None:
+                    raise RuntimeError(f"the policy loss needs {name!r} but the prepared batch has none")
+            if name in ("rewards", "group_ids"):
+                out[name] = source[mb.rows].to(dev)
+            elif name == "batch_groups":
+                count = torch.tensor(float(torch.unique(prep.group_ids[batch]).numel()), dtype=torch.float32)
+                out[name] = (mb.reduce or local_reduce)(count).to(dev)
+            elif name == "batch_tokens":
+                out[name] = torch.tensor(float(mb.total_tokens), dtype=torch.float32, device=dev)
+            elif name == "max_response_length":
+                if self.max_response_length is None:
+                    raise RuntimeError("the policy loss needs 'max_response_length' but the update was given none")
+                out[name] = self.max_response_length
+            else:
+                raise RuntimeError(f"the policy loss needs {name!r}; the update supplies {', '.join(POLICY_INPUTS)}")
+        if "group_ids" in names:
+            self._check_whole_groups(prep, mb, batch)
+        return out
+
+    @staticmethod
+    def _check_whole_groups(prep: PreparedBatch, mb: MicroBatch, batch: Tensor) -> None:
+        if prep.token_weights is not None:
+            raise ConfigError("a group objective (a policy loss comparing the responses of a prompt) takes no per-token "
+                              "weights, but a selection part set token_weights; drop that selection part")
+        if mb.rows.numel() == batch.numel():
+            return
+        outside = batch[~torch.isin(batch, mb.rows)]
+        split = torch.isin(prep.group_ids[outside], torch.unique(prep.group_ids[mb.rows]))
+        if bool(split.any()):
+            raise ConfigError("a group objective (a policy loss comparing the responses of a prompt) got a forward "
+                              "that splits a prompt group across micro-batches (a selection part dropped rows, so train.micro_batch_size "
+                              "no longer falls on group boundaries); set train.micro_batch_size=0")
 
     def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
-        pg, pm = self.fn(mb.logprobs, mb.take(prep.old_logprobs), mb.take(prep.advantages), mb.mask, **self.kwargs)
+        pg, pm = self.fn(mb.logprobs, mb.take(prep.old_logprobs), mb.take(prep.advantages), mb.mask, **self.kwargs,
+                         **self._inputs(prep, mb))
         weights = mb.take(prep.token_weights)
         if weights is not None:
             pg = pg * weights
