@@ -147,17 +147,13 @@ def aepo_entropy_advantage(
     ``selection/aepo_weight_mean`` and ``selection/aepo_floor_frac`` (valid tokens clamped at floor).
     """
     del generator
-    if inp.entropy is None:
-        raise ValueError(
-            "selection 'aepo_entropy_advantage' needs per-token entropies, but SelectionInput.entropy is None: "
-            "record the policy entropy of each response token at rollout time"
-        )
+    recorded = inp.require_entropy("aepo_entropy_advantage")
     if not coef >= 0:
         raise ValueError(f"aepo_entropy_advantage coef must be >= 0, got {coef!r}")
     if not 0.0 <= floor <= 1.0:
         raise ValueError(f"aepo_entropy_advantage floor must be in [0, 1], got {floor!r}")
     valid = inp.response_mask.bool()
-    entropy = inp.entropy.detach()
+    entropy = recorded.detach()
     if not bool(torch.isfinite(entropy[valid]).all()):
         bad = torch.nonzero(valid & ~torch.isfinite(entropy))[:5].tolist()
         raise ValueError(

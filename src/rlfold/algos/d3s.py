@@ -68,6 +68,16 @@ def _progress(train_progress: Tensor, part: str) -> float:
     return p
 
 
+def _fraction_now(part: str, fraction_init: float, fraction_final: float, train_progress: Tensor) -> float:
+    """The scheduled fraction of ``part`` at this step; both ends must be in (0, 1]."""
+    if not (0.0 < fraction_init <= 1.0 and 0.0 < fraction_final <= 1.0):
+        raise ValueError(
+            f"{part} fractions must be in (0, 1], got fraction_init={fraction_init!r}, "
+            f"fraction_final={fraction_final!r}"
+        )
+    return scheduled(fraction_init, fraction_final, _progress(train_progress, part))
+
+
 def sequence_advantages(advantages: Tensor, mask: Tensor) -> Tensor:
     """``[N]`` float64: the mean advantage over each row's valid tokens (GRPO's row constant); 0 for an empty row."""
     valid = mask.detach() != 0
@@ -143,12 +153,7 @@ def d3s_samples(
     sequence advantages of the candidate rows / of the kept rows; 0 when empty).
     """
     del generator
-    if not (0.0 < fraction_init <= 1.0 and 0.0 < fraction_final <= 1.0):
-        raise ValueError(
-            f"d3s_samples fractions must be in (0, 1], got fraction_init={fraction_init!r}, "
-            f"fraction_final={fraction_final!r}"
-        )
-    f = scheduled(fraction_init, fraction_final, _progress(train_progress, "d3s_samples"))
+    f = _fraction_now("d3s_samples", fraction_init, fraction_final, train_progress)
     n = inp.rewards.shape[0]
     seq = sequence_advantages(inp.advantages, inp.response_mask)
     candidates = torch.nonzero((inp.response_mask != 0).any(dim=1)).flatten()
@@ -200,19 +205,10 @@ def d3s_tokens(
     tokens; 0 when there is none).
     """
     del generator
-    if inp.entropy is None:
-        raise ValueError(
-            "selection 'd3s_tokens' needs per-token entropies, but SelectionInput.entropy is None: "
-            "record the policy entropy of each response token at rollout time"
-        )
-    if not (0.0 < fraction_init <= 1.0 and 0.0 < fraction_final <= 1.0):
-        raise ValueError(
-            f"d3s_tokens fractions must be in (0, 1], got fraction_init={fraction_init!r}, "
-            f"fraction_final={fraction_final!r}"
-        )
-    k_frac = scheduled(fraction_init, fraction_final, _progress(train_progress, "d3s_tokens"))
+    entropy = inp.require_entropy("d3s_tokens")
+    k_frac = _fraction_now("d3s_tokens", fraction_init, fraction_final, train_progress)
     valid = inp.response_mask != 0
-    score = inp.advantages.detach().to(torch.float64).abs() * inp.entropy.detach().to(torch.float64)
+    score = inp.advantages.detach().to(torch.float64).abs() * entropy.detach().to(torch.float64)
     flat_valid = valid.flatten()
     idx = torch.nonzero(flat_valid).flatten()            # row-major order
     values = score.flatten()[idx]

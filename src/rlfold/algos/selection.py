@@ -115,6 +115,15 @@ class SelectionInput:
                 )
 
 
+    def require_entropy(self, part: str) -> Tensor:
+        """The per-token entropies, or a ValueError naming ``part`` when the rollout recorded none."""
+        if self.entropy is None:
+            raise ValueError(
+                f"selection {part!r} needs per-token entropies, but SelectionInput.entropy is None: "
+                "record the policy entropy of each response token at rollout time"
+            )
+        return self.entropy
+
     def take(self, rows: Tensor) -> "SelectionInput":
         """The input restricted to (or resampled as) ``rows``."""
         return SelectionInput(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
@@ -186,15 +195,11 @@ def top_entropy(
     ``selection/kept_token_frac`` (kept / valid tokens).
     """
     del generator
-    if inp.entropy is None:
-        raise ValueError(
-            "selection 'top_entropy' needs per-token entropies, but SelectionInput.entropy is None: "
-            "record the policy entropy of each response token at rollout time"
-        )
+    recorded = inp.require_entropy("top_entropy")
     if not 0.0 < quantile <= 1.0:
         raise ValueError(f"top_entropy quantile (rho) must be in (0, 1], got {quantile!r}")
     valid = inp.response_mask.bool()
-    entropy = inp.entropy.detach()
+    entropy = recorded.detach()
     entropy = entropy if entropy.dtype in (torch.float32, torch.float64) else entropy.float()
     values = entropy[valid]
     if values.numel() == 0:
