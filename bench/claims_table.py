@@ -21,17 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from learning_table import fit_recipe  # the sibling bench script (this directory is on sys.path)
 
 from rlfold.cli import RECIPES_DIR
-from rlfold.core.config_loader import load_config
-from rlfold.trainers.loop import build_run
 
 BASELINE = "grpo"
 PASS_K = 16
@@ -101,15 +98,7 @@ def available_claims() -> list[Claim]:
 def train(recipe: str, seed: int, threads: int, overrides: list[str],
           setting: tuple[str, ...] = ()) -> dict[str, float]:
     """Train ``recipe`` once (with the row's ``setting`` overrides); the row's figures."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(RECIPES_DIR / f"{recipe}.yaml", [
-            f"seed={seed}", f"run_dir={tmp}/run", f"threads={threads}", "log.progress=false", "eval.every=0",
-            "checkpoint.every=0", f"eval.pass_k={PASS_K}", *setting, *overrides])
-        start = time.perf_counter()
-        run = build_run(cfg, Path(cfg.run_dir))
-        rows = run.fit()
-        minutes = (time.perf_counter() - start) / 60
-    task = run.trainer.task.name
+    rows, minutes, _, task = fit_recipe(recipe, seed, threads, [f"eval.pass_k={PASS_K}", *setting, *overrides])
     evals = [r for r in rows if f"val/{task}/acc" in r]
     steps = [r for r in rows if r.get("step", 0) > 0 and "actor/entropy" in r]
     first, last = evals[0], evals[-1]

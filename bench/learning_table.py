@@ -27,8 +27,8 @@ from rlfold.trainers.loop import build_run
 ACCEPTANCE = ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp", "ppo"]
 
 
-def train_recipe(recipe: str, seed: int, threads: int, overrides: list[str]) -> tuple[dict, dict, float, int, str]:
-    """Train ``recipe`` once: the first and last held-out evaluation rows, minutes, steps, task name."""
+def fit_recipe(recipe: str, seed: int, threads: int, overrides: list[str]) -> tuple[list[dict], float, int, str]:
+    """Train ``recipe`` once in a temporary run directory: every metrics row, minutes, steps, task name."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(RECIPES_DIR / f"{recipe}.yaml", [
             f"seed={seed}", f"run_dir={tmp}/run", f"threads={threads}", "log.progress=false",
@@ -38,9 +38,14 @@ def train_recipe(recipe: str, seed: int, threads: int, overrides: list[str]) -> 
         run = build_run(cfg, Path(cfg.run_dir))
         rows = run.fit()
         minutes = (time.perf_counter() - start) / 60
-    task = run.trainer.task.name
+    return rows, minutes, cfg.train.steps, run.trainer.task.name
+
+
+def train_recipe(recipe: str, seed: int, threads: int, overrides: list[str]) -> tuple[dict, dict, float, int, str]:
+    """Train ``recipe`` once: the first and last held-out evaluation rows, minutes, steps, task name."""
+    rows, minutes, steps, task = fit_recipe(recipe, seed, threads, overrides)
     evals = [r for r in rows if f"val/{task}/acc" in r]
-    return evals[0], evals[-1], minutes, cfg.train.steps, task
+    return evals[0], evals[-1], minutes, steps, task
 
 
 def run(recipe: str, seed: int, threads: int, overrides: list[str]) -> dict[str, float | str]:
