@@ -4,7 +4,6 @@ option domains and a 2-step run of the recipe."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -198,16 +197,8 @@ def test_empty_batch() -> None:
     assert adv.shape == (0, 4) and m["adora/frac_groups_downweighted"] == 0.0
 
 
-def test_recipe_runs_two_steps(tmp_path, capsys) -> None:
-    from rlfold.cli import main
-
-    run_dir = tmp_path / "run"
-    rc = main(["train", "adora", f"run_dir={run_dir}", "train.steps=2", "train.prompts_per_step=4", "eval.size=8",
-               "eval.every=0", "checkpoint.every=0", "log.progress=false", "threads=1"])
-    assert rc == 0, capsys.readouterr().err
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if r["step"] > 0]
-    assert len(steps) == 2
+def test_recipe_runs_two_steps(train_steps) -> None:
+    steps = train_steps("adora")
     for r in steps:
         for key in ("actor/pg_loss", "adora/frac_groups_downweighted", "adora/frac_signal_groups_downweighted"):
             assert key in r and math.isfinite(r[key]), key

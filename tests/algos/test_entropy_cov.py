@@ -4,7 +4,6 @@ compute_policy_loss_kl_cov (core_algos.py, 2026-01-29) written here from their d
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -293,16 +292,8 @@ def test_config_validation_refuses_bad_option_values() -> None:
 # ---------------------------------------------------------------- recipes through the CLI
 
 @pytest.mark.parametrize("recipe,metric", [("clip_cov", "actor/clip_cov_frac"), ("kl_cov", "actor/kl_cov_frac")])
-def test_recipe_runs_two_steps(tmp_path, capsys, recipe: str, metric: str) -> None:
-    from rlfold.cli import main
-
-    run_dir = tmp_path / "run"
-    rc = main(["train", recipe, f"run_dir={run_dir}", "train.steps=2", "train.prompts_per_step=4", "eval.size=8",
-               "eval.every=0", "checkpoint.every=0", "log.progress=false", "threads=1"])
-    assert rc == 0, capsys.readouterr().err
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if r["step"] > 0]
-    assert len(steps) == 2
+def test_recipe_runs_two_steps(train_steps, recipe: str, metric: str) -> None:
+    steps = train_steps(recipe)
     for r in steps:
         assert metric in r and 0.0 < r[metric] <= 1.0, r.get(metric)
         for key in ("actor/pg_loss", "actor/ppo_kl", metric):

@@ -3,7 +3,6 @@ the bounded gradient multiplier, sign preservation, option domains and a 2-step 
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -161,16 +160,8 @@ def test_bad_shapes_and_options_are_refused() -> None:
                        {"c": 1.5, **DEFAULTS}, n_positional=4)
 
 
-def test_recipe_runs_two_steps(tmp_path, capsys) -> None:
-    from rlfold.cli import main
-
-    run_dir = tmp_path / "run"
-    rc = main(["train", "mhpo", f"run_dir={run_dir}", "train.steps=2", "train.prompts_per_step=4", "eval.size=8",
-               "eval.every=0", "checkpoint.every=0", "log.progress=false", "threads=1"])
-    assert rc == 0, capsys.readouterr().err
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if r["step"] > 0]
-    assert len(steps) == 2
+def test_recipe_runs_two_steps(train_steps) -> None:
+    steps = train_steps("mhpo")
     for r in steps:
         for key in ("actor/pg_loss", "actor/mhpo_weight_mean", "actor/mhpo_zeta_mean", "actor/ppo_kl"):
             assert key in r and math.isfinite(r[key]), key
