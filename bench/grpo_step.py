@@ -24,12 +24,12 @@ RECIPE = Path(__file__).resolve().parent.parent / "src" / "rlfold" / "recipes" /
 KEYS = ("timing_s/gen", "timing_s/reward", "timing_s/update", "timing_s/step", "perf/tokens_per_s")
 
 
-def bench(model: str, length: int, b: int, g: int, steps: int, threads: int) -> dict[str, float]:
+def bench(model: str, length: int, b: int, g: int, steps: int, threads: int, extra: tuple[str, ...] = ()) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(RECIPE, [
             f"model.path={model}", f"rollout.max_new_tokens={length}", "rollout.ignore_eos=true",
             f"train.prompts_per_step={b}", f"rollout.n={g}", f"train.steps={steps + 1}", f"run_dir={tmp}",
-            "log.progress=false", f"threads={threads}", "task.held_out_size=8",
+            "log.progress=false", f"threads={threads}", "task.held_out_size=8", *extra,
         ])
         trainer = build_run(cfg, Path(tmp)).trainer
         trainer.step(0)  # warm-up
@@ -45,12 +45,15 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8, help="G")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.mixed_precision=bf16")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"model {args.model}, B={args.prompts}, G={args.samples}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, mean of {args.steps} steps after 1 warm-up")
     print(f"{'max_new_tokens':>14} {'gen s':>8} {'score s':>8} {'update s':>9} {'step s':>8} {'rollout tok/s':>14}")
     for length in args.lengths:
-        r = bench(args.model, length, args.prompts, args.samples, args.steps, args.threads)
+        r = bench(args.model, length, args.prompts, args.samples, args.steps, args.threads, tuple(args.overrides))
         print(f"{length:>14} {r['timing_s/gen']:>8.3f} {r['timing_s/reward']:>8.4f} {r['timing_s/update']:>9.3f} "
               f"{r['timing_s/step']:>8.3f} {r['perf/tokens_per_s']:>14.0f}")
 

@@ -58,6 +58,11 @@ class ModelConfig(_Strict):
         description="where the policy (and the reference, critic and hf engines built from it) lives: auto (cuda if "
                     "available, else cpu), cpu, cuda or cuda:N")
     disable_dropout: bool = Field(True, description="zero dropout in the policy so training and rollout forwards agree")
+    forward: Literal["lean", "transformers"] = Field(
+        "lean", description="lean: rlfold's lean forward (models/lean.py) for Qwen2/Llama/Mistral models it can run "
+                            "exactly (no adapters, default rotary embedding, no sliding window; not under fsdp2): "
+                            "attention as two batched products, LM head on the response only, a preallocated KV "
+                            "cache in the hf engine; transformers: always the model's own forward")
     lora: Optional[LoraConfig] = Field(
         None, description="train LoRA adapters instead of every weight (None: full fine-tuning); the KL reference is "
                           "then the same module with its adapters disabled")
@@ -166,8 +171,11 @@ class RolloutConfig(_Strict):
         "total", description="multi-turn rollouts: max_new_tokens bounds all model turns of an episode together, "
                              "or each turn")
     recompute_logprobs: Optional[bool] = Field(
-        None, description="recompute old log-probs with the trainer before the update (None: exactly when the "
-                          "engine does not share the trainer's weights or train.mixed_precision is bf16)")
+        None, description="recompute old log-probs with the trainer before the update (None: when the engine does "
+                          "not share the trainer's weights or train.mixed_precision is bf16, except that an update "
+                          "of one optimiser step (ppo_epochs 1, one mini-batch) on rows the shared engine just "
+                          "sampled, with no reference, regulariser, selection part or advantage reading old "
+                          "log-probs, takes them from its own forward, detached: exact, and one forward fewer)")
     async_mode: str = Field(
         "sync", description="registered rollout collector: sync (on-policy), one_step (the rollouts of step k "
                             "generated with step k-1's weights while it updates) or bounded (up to max_staleness "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlfold.core.masked import positions_from_mask as _positions
+from rlfold.models.lean import lean_of
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -23,9 +24,12 @@ def sequence_logprobs(
     *,
     with_entropy: bool = False,
     response_attention_mask: torch.Tensor | None = None,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[N, R]`` (float32) of the response tokens under ``model``, and optionally the
-    per-token entropy of the plain policy; one forward over prompt + response, gradients flow.
+    per-token entropy of the plain policy; one forward over prompt + response, gradients flow (into the
+    entropy only with ``entropy_grad``: a metric needs none). A model enabled for the lean forward
+    (``models.lean``) runs on it, its LM head on the response positions only.
 
     Positions where ``response_mask`` is 0 are set to 0 in both outputs. ``response_attention_mask``
     (default: ``response_mask``) says which response tokens are attended to, e.g. tool output or
@@ -38,15 +42,20 @@ def sequence_logprobs(
     resp_mask = response_mask.to(device)
     attend = resp_mask if response_attention_mask is None else response_attention_mask.to(device)
     mask = torch.cat([prompt_mask.to(device), attend], dim=1).long()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
-    logits = out.logits[:, n_prompt - 1 : n_prompt + n_resp - 1].float()
+    lean = lean_of(model)
+    if lean is not None:
+        logits = lean.logits(ids, mask, _positions(mask), n_prompt - 1, n_prompt + n_resp - 1).float()
+    else:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
+        logits = out.logits[:, n_prompt - 1 : n_prompt + n_resp - 1].float()
     logp_all = torch.log_softmax(logits, dim=-1)
     keep = resp_mask.bool()
     logprobs = logp_all.gather(-1, ids[:, n_prompt:].unsqueeze(-1)).squeeze(-1)
     logprobs = logprobs.masked_fill(~keep, 0.0)
     entropy = None
     if with_entropy:
-        entropy = -(logp_all.exp() * logp_all).sum(-1).masked_fill(~keep, 0.0)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = -(logp_all.exp() * logp_all).sum(-1).masked_fill(~keep, 0.0)
     return logprobs, entropy
 
 

@@ -13,8 +13,9 @@ An engine is registered in ``ENGINES`` as a factory ``factory(ctx: EngineContext
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ContextManager, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -46,6 +47,7 @@ class EngineContext:
     model_path: str
     dtype: torch.dtype
     weights: PolicyWeights | None = None  # the plain named weights (a LoRA policy: merged); None: the module's own
+    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext  # the trainer's precision (bf16 autocast)
 
     def policy_weights(self) -> PolicyWeights:
         """What an engine with weights of its own copies and receives (base-model parameter names)."""

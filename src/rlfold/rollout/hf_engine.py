@@ -14,6 +14,7 @@ from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.masked import positions_from_mask as _positions
 from rlfold.core.seeding import generator_for
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
+from rlfold.models.lean import enable_lean, lean_of
 from rlfold.models.logprobs import model_device as _device
 from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request, pad_id_of
 from rlfold.rollout.sampling import SamplingParams, process_logits
@@ -66,7 +67,10 @@ class HFEngine:
         model = ctx.model
         if not self.shares_weights:
             model = ctx.policy_weights().plain_copy().eval().requires_grad_(False)
+            if lean_of(ctx.model) is not None:
+                enable_lean(model)
         self.model = model
+        self.autocast = ctx.autocast
         tokenizer = ctx.tokenizer
         self.tokenizer = tokenizer
         self.pad_id = pad_id_of(tokenizer, "HFEngine")
@@ -116,7 +120,14 @@ class HFEngine:
             prompt_mask[i, width - len(r) :] = 1
         return prompt_ids, prompt_mask
 
-    def _forward(self, ids, mask, pos, cache):
+    def _forward(self, ids, mask, pos, cache, capacity: int):
+        """Last-position logits [n, V] of feeding ``ids`` after ``cache`` (None: the prefill, which sizes a lean
+        cache for ``capacity`` more tokens), and the new cache."""
+        lean = lean_of(self.model)
+        if lean is not None:
+            if cache is None:
+                cache = lean.new_cache(ids.shape[0], ids.shape[1] + capacity, ids.device)
+            return lean.extend(cache, ids, mask[:, -ids.shape[1]:], pos).float(), cache
         kwargs = {"logits_to_keep": 1} if self._keep_arg else {}
         kwargs[self._cache_arg] = cache
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
@@ -137,7 +148,7 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 cols = self._sample(prompt_ids, prompt_mask, params, generator, limits)
         finally:
             self.model.train(was_training)
@@ -181,7 +192,7 @@ class HFEngine:
         so_far: list[list[int]] = [[] for _ in range(n_rows)]
 
         for step in range(params.max_new_tokens):
-            raw, cache = self._forward(step_ids, mask, step_pos, cache)
+            raw, cache = self._forward(step_ids, mask, step_pos, cache, params.max_new_tokens)
             policy_logp = torch.log_softmax(raw, dim=-1)
             if params.greedy:
                 token = raw.argmax(dim=-1)

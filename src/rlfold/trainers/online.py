@@ -35,6 +35,7 @@ from rlfold.core.masked import masked_mean, masked_sum
 from rlfold.core.registry import COLLECTORS, SAMPLERS, TASKS, TRAINERS, needed_inputs
 from rlfold.core.seeding import derive_seed, generator_for
 from rlfold.models import disable_dropout, load_model_and_tokenizer
+from rlfold.models.lean import use_lean
 from rlfold.models.logprobs import batched_logprobs
 from rlfold.models.placement import autocast_for, check_precision, enable_gradient_checkpointing, resolve_device
 from rlfold.models.policy import build_policy
@@ -112,7 +113,7 @@ def advantage_problem(adv: Tensor, mask: Tensor) -> str | None:
 class LogProbs:
     """Stage 2's output: old log-probs the update starts from, and reference log-probs (or None)."""
 
-    old: Tensor
+    old: Tensor | None  # None: the update's own forward gives them (``OnlineTrainer.old_in_update``)
     ref: Tensor | None
     seconds_old: float
     seconds_ref: float
@@ -145,6 +146,7 @@ class OnlineStep:
         self.module, self.model = self.policy.module, self.policy.saved  # what computes; what checkpoints save
         if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(self.module)
+        use_lean(self.module, cfg.model.forward, cfg.train.strategy)
         self.n_params, self.peak_flops = count_parameters(self.module), peak_flops(self.device, cfg.train.peak_tflops)
         self.regularizers = [(REGULARIZERS.get(r.name)(**r.kwargs), r.coef) for r in a.regularizers]
         self.adv_fn = ADVANTAGES.get(a.advantage)
@@ -169,7 +171,7 @@ class OnlineStep:
                        if "values" in needed_inputs(self.adv_fn) else None)
         self.sft = SFTTerm(self.module, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
         ctx = EngineContext(model=self.module, tokenizer=self.tokenizer, model_path=cfg.model.path, dtype=dtype,
-                            weights=self.policy.weights)
+                            weights=self.policy.weights, autocast=self.autocast)
         self.engine, self.eval_engine = build_engines(cfg.rollout, ctx, cfg.ray, cfg.eval.multi_turn)
         self.recompute = (cfg.rollout.recompute_logprobs if cfg.rollout.recompute_logprobs is not None
                           else not self.engine.shares_weights or cfg.train.mixed_precision != "none")
@@ -198,6 +200,15 @@ class OnlineStep:
         self.optimizer = torch.optim.AdamW(self.trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
         n_seq = tc.prompts_per_step * cfg.rollout.n
         self.opt_steps_per_step = tc.ppo_epochs * -(-n_seq // (tc.mini_batch_size or n_seq))
+        # verl's on-policy shortcut: when the update is one optimiser step on rows sampled with the current weights,
+        # the log-probs it starts from are its own forward's, detached, exactly; so with recompute_logprobs
+        # unset, an engine computing with the trainer's module (an engine of its own keeps the recomputation, which
+        # logs how far its log-probs are) and nothing but the policy loss reading old log-probs, none are
+        # computed before the update
+        self.old_in_update = (cfg.rollout.recompute_logprobs is None and self.engine.shares_weights
+                              and not self.collector.off_policy
+                              and tc.ppo_epochs == 1 and self.reference is None and not self.regularizers
+                              and not self.selections and "old_logprobs" not in needed_inputs(self.adv_fn))
         self.scheduler = make_scheduler(self.optimizer, tc.steps * self.opt_steps_per_step, tc.warmup_steps,
                                         tc.schedule, tc.min_lr_ratio)
         self.skipped: list[tuple[int, str]] = []  # the current streak of steps that did not train: (step, why)
@@ -319,7 +330,7 @@ class OnlineStep:
             # response tokens in the policy loss after selection (with their repeats when rows are resampled)
             "train/loss_tokens": float((prep.loss_mask > 0).sum()),
         }
-        if self.recompute:
+        if self.recompute and lp.old is not None:
             metrics["timing_s/old"] = lp.seconds_old
         if stats.finite:
             self.skipped.clear()
@@ -373,6 +384,9 @@ class OnlineStep:
         """Stage 2. Old log-probs: the engine's when it computes with the trainer's weights, else the
         trainer's recomputation (``rollout.recompute_logprobs``). Reference log-probs for a KL term."""
         roll, mb = s.roll, self.cfg.train.micro_batch_size
+        mini = self.cfg.train.mini_batch_size
+        if self.old_in_update and (mini == 0 or roll.size <= mini):
+            return LogProbs(None, None, 0.0, 0.0, {})
         t0 = time.perf_counter()
         old = roll.policy_logprobs
         if not self.recompute and bool(torch.isnan(old[roll.response_mask.bool()]).any()):
@@ -440,7 +454,8 @@ class OnlineStep:
                 rows, loss_mask = rows[r], loss_mask[r]
                 weights = weights[r] if weights is not None else None
                 inp = inp.take(r)
-        prep = PreparedBatch(roll=roll.select(rows), advantages=adv[rows], old_logprobs=lp.old[rows],
+        prep = PreparedBatch(roll=roll.select(rows), advantages=adv[rows],
+                             old_logprobs=lp.old[rows] if lp.old is not None else None,
                              loss_mask=loss_mask, prompts=[s.prompts[i] for i in rows.tolist()],
                              token_weights=weights, ref_logprobs=lp.ref[rows] if lp.ref is not None else None,
                              rows=rows, rewards=rewards[rows], group_ids=s.group_ids[rows])

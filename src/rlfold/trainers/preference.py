@@ -43,6 +43,7 @@ from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.registry import TRAINERS
 from rlfold.core.seeding import derive_seed
 from rlfold.models import disable_dropout, load_model_and_tokenizer
+from rlfold.models.lean import use_lean
 from rlfold.models.placement import resolve_device
 from rlfold.models.policy import build_policy
 from rlfold.rollout import EngineContext
@@ -134,6 +135,7 @@ class PreferenceStep:
         if cfg.model.disable_dropout:
             disable_dropout(model)
         self.policy = build_policy(model, cfg.model.lora)
+        use_lean(self.policy.module, cfg.model.forward, cfg.train.strategy)
         self.module, self.model = self.policy.module, self.policy.saved
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
             self.tokenizer.eos_token_id

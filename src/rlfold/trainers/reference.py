@@ -13,6 +13,7 @@ from torch import Tensor
 
 from rlfold.core.types import RolloutBatch
 from rlfold.models import load_model_and_tokenizer
+from rlfold.models.lean import enable_lean, lean_of
 from rlfold.models.logprobs import batched_logprobs, model_device
 from rlfold.models.policy import Policy
 
@@ -54,6 +55,8 @@ def build_reference(policy: Policy, model_path: str, dtype: torch.dtype) -> Refe
     if policy.base_view is not None:
         return BaseViewReference(policy.module, policy.base_view)
     module, _ = load_model_and_tokenizer(model_path, dtype, device=model_device(policy.module))
+    if lean_of(policy.module) is not None:  # the same forward as the policy's
+        enable_lean(module)
     return FrozenReference(module)
 
 

@@ -50,7 +50,8 @@ class PreparedBatch:
 
     roll: RolloutBatch
     advantages: Tensor                    # [N, R]
-    old_logprobs: Tensor                  # [N, R] log-probs of the policy the update starts from
+    old_logprobs: Tensor | None           # [N, R] log-probs of the policy the update starts from (None: one
+                                          # optimiser step on fresh rows; the update's own forward, detached)
     loss_mask: Tensor                     # [N, R] float: response mask x selection masks
     prompts: list[Prompt]                 # [N] the prompt of each row
     token_weights: Tensor | None = None   # [N, R] detached per-token weights (importance correction)
@@ -75,7 +76,7 @@ class MicroBatch:
     mask: Tensor                # [n, r] float loss mask
     norm: Tensor                # aggregation normaliser of the whole mini-batch (0-d, after the reduction)
     logprobs: Tensor            # [n, r] with gradient
-    entropy: Tensor             # [n, r] with gradient
+    entropy: Tensor             # [n, r] (with gradient only when an EntropyTerm is among the terms)
     columns: int                # number of response columns kept
     total_tokens: float         # loss tokens of the whole mini-batch (for token-weighted metric means)
     batch_rows: Tensor | None = None                  # rows of the whole mini-batch held here (None: ``rows``)
@@ -205,7 +206,8 @@ class PolicyTerm:
                               "no longer falls on group boundaries); set train.micro_batch_size=0")
 
     def __call__(self, prep: PreparedBatch, mb: MicroBatch, agg: Aggregation) -> tuple[Tensor, dict[str, float]]:
-        pg, pm = self.fn(mb.logprobs, mb.take(prep.old_logprobs), mb.take(prep.advantages), mb.mask, **self.kwargs,
+        old = mb.logprobs.detach() if prep.old_logprobs is None else mb.take(prep.old_logprobs)
+        pg, pm = self.fn(mb.logprobs, old, mb.take(prep.advantages), mb.mask, **self.kwargs,
                          **self._inputs(prep, mb))
         weights = mb.take(prep.token_weights)
         if weights is not None:
@@ -250,6 +252,9 @@ class RegularizerTerm:
     _start: tuple[Any, Tensor, Tensor, Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
     def _inputs(self, prep: PreparedBatch, take: Callable[[Tensor | None], Tensor | None]) -> dict[str, Tensor]:
+        if prep.old_logprobs is None:
+            raise RuntimeError("a sequence-level regulariser needs the old log-probs, but the batch was prepared "
+                               "without them (OnlineTrainer.old_in_update must be off with regularisers)")
         available = {"ref_logprobs": prep.ref_logprobs, "old_logprobs": prep.old_logprobs}
         return {k: take(available[k]) for k in needed_inputs(self.part)}
 
@@ -349,6 +354,7 @@ def accumulate_loss(
     if micro_count is not None:
         pieces += [torch.zeros(0, dtype=torch.long)] * (micro_count - len(pieces))
     finite = True
+    entropy_grad = any(isinstance(term, EntropyTerm) for term in terms)  # else the entropy is only a metric
     for local in pieces:
         pad = local.numel() == 0  # a zero-mask forward on row 0, so every rank makes the same collectives
         rows = torch.zeros(1, dtype=torch.long) if pad else idx[local]
@@ -359,7 +365,7 @@ def accumulate_loss(
             sub.response_attention_mask = sub.response_attention_mask[:, :width]
         with autocast():
             logp, ent = sequence_logprobs(model, sub.prompt_ids, sub.prompt_mask, sub.response_ids,
-                                          sub.response_mask, with_entropy=True,
+                                          sub.response_mask, with_entropy=True, entropy_grad=entropy_grad,
                                           response_attention_mask=sub.response_attention_mask)
             mask = (prep.loss_mask[rows][:, :width].float() * (0.0 if pad else 1.0)).to(logp.device)
             mb = MicroBatch(rows=rows, roll=sub, mask=mask, norm=norm.to(logp.device), logprobs=logp, entropy=ent,
