@@ -3,8 +3,17 @@
 __version__ = "0.1.0"
 
 import importlib as _importlib
+import os as _os
+import sys as _sys
 
-from rlfold.core import registry as _registry
+# OpenMP threads that spin while they wait for work take the cores from any other process: under a competing
+# load torch then runs many times slower than its fair share. Passive waiting costs nothing measurable when
+# the machine is idle. OpenMP reads the setting when torch loads it, so it is set only if torch is not loaded
+# yet, and never over the user's own value (README, "Threads").
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from rlfold.core import registry as _registry  # noqa: E402
 
 # Every layer registers its built-in parts into the core registries when imported. Importing the package
 # does not import them (``rlfold --help`` needs no torch): a registry imports them the first time it is

@@ -118,20 +118,22 @@ def _rms(x: Tensor, norm: torch.nn.Module) -> Tensor:
     return norm.weight * h.to(dtype)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
-    """Grouped-query attention ``[n, H, l, d]`` from keys/values ``[n, KV, t, d]`` and an additive float32
-    mask ``[n, 1, l, t]``: scores and softmax in float32, products in the input dtype. The query heads of a
-    key/value head are stacked as rows of one product, so the keys and values are read in place (a
-    cache's slice too), never expanded to every query head."""
+def _attend(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor, scale: float) -> Tensor:
+    """Grouped-query attention ``[n, H, l, d]`` from keys/values ``[n, KV, t, d]``; ``blocked [n, 1, l, t]`` is
+    True where a query may not attend. In float32 (with more than one query) the fused kernel; else two
+    products whose query heads of one key/value head are stacked as rows, so keys and values are read in
+    place, never expanded to every query head, and the scores stay in the products' dtype (the softmax
+    accumulates in float32)."""
     n, h, l, d = q.shape
-    if q.dtype == torch.float32 and l > 1:  # in float32 the fused kernel is the faster (and the same maths)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
+    if q.dtype == torch.float32 and l > 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked, scale=scale, enable_gqa=True)
     kv = k.shape[1]
     group = h // kv
-    scores = torch.matmul(q.reshape(n, kv, group * l, d), k.transpose(-1, -2)).float() * scale
-    scores = scores.view(n, kv, group, l, -1) + bias.unsqueeze(2)
-    probs = scores.softmax(dim=-1).to(v.dtype).view(n, kv, group * l, -1)
-    return torch.matmul(probs, v).view(n, h, l, d)
+    with torch.autocast(q.device.type, enabled=False):  # q, k, v are already in the compute dtype
+        scores = torch.matmul((q * scale).reshape(n, kv, group * l, d), k.transpose(-1, -2))
+        scores = scores.view(n, kv, group, l, -1).masked_fill(blocked.unsqueeze(2), torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1).view(n, kv, group * l, -1)
+        return torch.matmul(probs, v).view(n, h, l, d)
 
 
 @dataclass
@@ -145,8 +147,8 @@ class LeanCache:
     values: list[Tensor] = field(default_factory=list)
     length: int = 0
 
-    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store layer ``layer``'s new keys/values after the cached ones; all of them so far."""
+    def write(self, layer: int, k: Tensor, v: Tensor, span: int) -> tuple[Tensor, Tensor]:
+        """Store layer ``layer``'s new keys/values after the cached ones; the first ``span`` positions."""
         if layer == len(self.keys):
             rows, capacity = self.key_mask.shape
             self.keys.append(k.new_zeros((rows, k.shape[1], capacity, k.shape[3])))
@@ -154,7 +156,7 @@ class LeanCache:
         s, end = self.length, self.length + k.shape[2]
         self.keys[layer][:, :, s:end] = k
         self.values[layer][:, :, s:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        return self.keys[layer][:, :, :span], self.values[layer][:, :, :span]
 
 
 class LeanDecoder:
@@ -185,11 +187,11 @@ class LeanDecoder:
         v = self._lin(at.v_proj, h, cast).view(n, l, self.kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        if cd is not None:  # what autocast would cast them to at the products: once here (and so in the cache)
+        if cd is not None:  # what autocast would cast them to at the products: once here
             q, k, v = q.to(cd), k.to(cd), v.to(cd)
         return q, k, v
 
-    def _layers(self, x: Tensor, pos: Tensor, bias: Tensor, cache: LeanCache | None) -> Tensor:
+    def _layers(self, x: Tensor, pos: Tensor, blocked: Tensor, cache: LeanCache | None) -> Tensor:
         base = self.model.model
         cos, sin = base.rotary_emb(x, pos)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -203,8 +205,8 @@ class LeanDecoder:
             at = layer.self_attn
             q, k, v = self._qkv(at, to_cd(_rms(x, layer.input_layernorm)), cos, sin, cast, cd)
             if cache is not None:
-                k, v = cache.write(i, k, v)
-            o = _attend(q, k, v, bias, self.scale).transpose(1, 2).reshape(n, l, -1)
+                k, v = cache.write(i, k, v, blocked.shape[-1])
+            o = _attend(q, k, v, blocked, self.scale).transpose(1, 2).reshape(n, l, -1)
             x = x + lin(at.o_proj, o, cast)
             h = to_cd(_rms(x, layer.post_attention_layernorm))
             mlp = layer.mlp
@@ -221,9 +223,7 @@ class LeanDecoder:
         n, l = ids.shape
         x = self.model.model.embed_tokens(ids)
         allowed = torch.ones(l, l, dtype=torch.bool, device=ids.device).tril()[None] & mask.bool()[:, None, :]
-        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device)
-        bias = bias.masked_fill_(~allowed, torch.finfo(torch.float32).min)[:, None]
-        x = self._layers(x, pos, bias, None)
+        x = self._layers(x, pos, ~allowed[:, None], None)
         return self._head(x[:, start:stop])
 
     # ------------------------------------------------------------- generation
@@ -245,12 +245,13 @@ class LeanDecoder:
         if s + l > cache.key_mask.shape[1]:
             raise RuntimeError(f"lean cache holds {cache.key_mask.shape[1]} tokens, asked for {s + l}")
         cache.key_mask[:, s : s + l] = mask.bool()
-        keys = cache.key_mask[:, : s + l]
-        causal = torch.ones(l, s + l, dtype=torch.bool, device=ids.device).tril(diagonal=s)
+        # a token attends over the whole cache, its empty end masked: the full tensors are contiguous, where a
+        # slice of them would be copied by every (bf16) product; the prefill reads only its own positions
+        span = s + l if s == 0 else cache.key_mask.shape[1]
+        keys = cache.key_mask[:, :span]
+        causal = torch.ones(l, span, dtype=torch.bool, device=ids.device).tril(diagonal=s)
         allowed = causal[None] & keys[:, None, :]
-        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device)
-        bias = bias.masked_fill_(~allowed, torch.finfo(torch.float32).min)[:, None]
-        x = self._layers(self.model.model.embed_tokens(ids), pos, bias, cache)
+        x = self._layers(self.model.model.embed_tokens(ids), pos, ~allowed[:, None], cache)
         cache.length = s + l
         return self._head(x[:, -1:], cache.weights)[:, 0]
 

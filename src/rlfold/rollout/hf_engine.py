@@ -199,7 +199,8 @@ class HFEngine:
                 sample_lp = torch.zeros(n_rows, dtype=torch.float32, device=device)
             else:
                 processed = process_logits(raw, params)
-                sample_logp = torch.log_softmax(processed, dim=-1)
+                # plain sampling (temperature 1, no top-k/p) samples from the policy itself
+                sample_logp = policy_logp if processed is raw else torch.log_softmax(processed, dim=-1)
                 probs = sample_logp.exp()
                 if generator is not None and generator.device != probs.device:
                     probs = probs.to(generator.device)  # e.g. a CPU generator with a GPU model
