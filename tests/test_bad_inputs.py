@@ -401,6 +401,7 @@ CASES: list[Case] = [
     Case("override-dtype-unknown", train("model.dtype=float64"), 2, ["model.dtype", "float64"]),
     Case("override-dtype-float16-cpu", train("model.dtype=float16"), 2, ["model.dtype", "float16"]),
     Case("override-device-unknown", train("model.device=tpu"), 2, ["model.device", "tpu"]),
+    Case("override-forward-unknown", train("model.forward=fast"), 2, ["model.forward", "fast"]),
     Case("override-device-missing-cuda", train("model.device=cuda:99"), 2, ["model.device=cuda:99"]),
     Case("override-mixed-precision-unknown", train("train.mixed_precision=fp8"), 2,
          ["train.mixed_precision", "fp8"]),
