@@ -154,3 +154,23 @@ def test_models_the_lean_path_cannot_run_keep_the_transformers_forward():
     assert use_lean(plain, "lean") and lean_of(plain) is not None
     plain.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert lean_of(plain) is None  # switched on later: the transformers forward again
+
+
+def test_hf_engine_samples_small_models_on_one_thread_and_restores_the_count():
+    from rlfold.core.errors import ConfigError
+
+    model, tok = _shipped()
+    ctx = EngineContext(model=model, tokenizer=tok, model_path="tiny-arith", dtype=torch.float32)
+    before = torch.get_num_threads()
+    seen = []
+    engine = HFEngine(ctx)
+    original = engine._sample
+    engine._sample = lambda *a, **k: (seen.append(torch.get_num_threads()), original(*a, **k))[1]
+    engine.generate([GenerationRequest(prompt=Prompt("1+2=", ""))], SamplingParams(n=2, max_new_tokens=3), seed=0)
+    assert seen == [1] and torch.get_num_threads() == before
+    assert engine.decode_threads(128) == 1  # 128 rows x 0.8M parameters < 1e9
+    assert HFEngine(ctx, threads=3).decode_threads(128) == 3
+    assert HFEngine(ctx, threads=0).decode_threads(128) == before
+    for bad in (-1, "two", True):
+        with pytest.raises(ConfigError, match="threads"):
+            HFEngine(ctx, threads=bad)

@@ -112,6 +112,8 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 def _rms(x: Tensor, norm: torch.nn.Module) -> Tensor:
     """transformers' RMSNorm: in float32, back to the input dtype, times the weight."""
+    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:  # the same maths, one fused op
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
     dtype = x.dtype
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)

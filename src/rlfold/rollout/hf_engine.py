@@ -60,9 +60,13 @@ class HFEngine:
     trainer then recomputes old log-probs, and ``tis`` can compare both.
     """
 
-    def __init__(self, ctx: EngineContext, *, weights: Literal["shared", "copy"] = "shared") -> None:
+    def __init__(self, ctx: EngineContext, *, weights: Literal["shared", "copy"] = "shared",
+                 threads: int | Literal["auto"] = "auto") -> None:
         if weights not in ("shared", "copy"):
             raise ConfigError(f"hf engine: weights must be 'shared' or 'copy', got {weights!r}")
+        if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise ConfigError(f"hf engine: threads must be 'auto' or a count >= 0 (0: the process's), got {threads!r}")
+        self.threads = threads
         self.shares_weights = weights == "shared"
         model = ctx.model
         if not self.shares_weights:
@@ -133,6 +137,17 @@ class HFEngine:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
         return out.logits[:, -1, :].float(), _returned_cache(self.model, out)
 
+    def decode_threads(self, rows: int) -> int:
+        """Torch threads for sampling ``rows`` rows on the CPU. ``auto``: one while a decode step's multiply-adds
+        (rows x parameters) are under 1e9, where a second thread's wake-up costs more than it computes (the
+        tiny models at 128 rows: 1.5-1.75x slower decoding with 2 threads, ``bench/vs_trl.py``), else the
+        process's count; 0: the process's count."""
+        current = torch.get_num_threads()
+        if self.threads == "auto":
+            size = sum(p.numel() for p in self.model.parameters())
+            return 1 if rows * size < 1e9 else current
+        return self.threads or current
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -147,11 +162,15 @@ class HFEngine:
         generator = None if params.greedy else generator_for(seed)
         was_training = self.model.training
         self.model.eval()
+        threads = torch.get_num_threads()
+        if _device(self.model).type == "cpu":
+            torch.set_num_threads(self.decode_threads(prompt_ids.shape[0]))
         try:
             with torch.no_grad(), self.autocast():
                 cols = self._sample(prompt_ids, prompt_mask, params, generator, limits)
         finally:
             self.model.train(was_training)
+            torch.set_num_threads(threads)
         tokens, token_mask, sample_lp, policy_lp, entropy, reasons = cols
         n_rows = prompt_ids.shape[0]
         lengths = token_mask.sum(-1)
