@@ -1,7 +1,8 @@
 """Seconds per GRPO step split into generation / scoring / update, and rollout tokens/s.
 
-    python bench/grpo_step.py                      # B=16, G=8, max_new_tokens 32 and 128, shipped tiny model
+    python bench/grpo_step.py                      # B=16, G=8, max_new_tokens 8, 32 and 120, shipped tiny model
     python bench/grpo_step.py --model DIR --lengths 64 --steps 5
+    python bench/grpo_step.py --threads 1 train.mixed_precision=bf16 model.forward=transformers   # overrides
 
 Responses are sampled past eos (``ignore_eos``) so every row has exactly max_new_tokens tokens and
 the figures for different lengths are comparable. Figures are means over ``--steps`` measured steps
@@ -40,7 +41,8 @@ def bench(model: str, length: int, b: int, g: int, steps: int, threads: int, ext
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-arith")
-    ap.add_argument("--lengths", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[8, 32, 120],
+                    help="max_new_tokens (tiny-arith holds 128 positions: a 7-token prompt + 121)")
     ap.add_argument("--prompts", type=int, default=16, help="B")
     ap.add_argument("--samples", type=int, default=8, help="G")
     ap.add_argument("--steps", type=int, default=5)

@@ -168,9 +168,26 @@ def test_hf_engine_samples_small_models_on_one_thread_and_restores_the_count():
     engine._sample = lambda *a, **k: (seen.append(torch.get_num_threads()), original(*a, **k))[1]
     engine.generate([GenerationRequest(prompt=Prompt("1+2=", ""))], SamplingParams(n=2, max_new_tokens=3), seed=0)
     assert seen == [1] and torch.get_num_threads() == before
-    assert engine.decode_threads(128) == 1  # 128 rows x 0.8M parameters < 1e9
+    assert engine.decode_threads(128) is None  # auto: by the work (models.placement.threads_for)
     assert HFEngine(ctx, threads=3).decode_threads(128) == 3
     assert HFEngine(ctx, threads=0).decode_threads(128) == before
     for bad in (-1, "two", True):
         with pytest.raises(ConfigError, match="threads"):
             HFEngine(ctx, threads=bad)
+
+
+def test_threads_for_runs_small_cpu_work_on_one_thread():
+    from rlfold.models.placement import SMALL_CPU_WORK, threads_for
+
+    before = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    with threads_for(SMALL_CPU_WORK / 2, cpu):
+        assert torch.get_num_threads() == 1
+    with threads_for(SMALL_CPU_WORK * 2, cpu):
+        assert torch.get_num_threads() == before
+    with threads_for(1.0, cpu, threads=3):
+        assert torch.get_num_threads() == 3
+    with pytest.raises(ValueError):
+        with threads_for(1.0, cpu):
+            raise ValueError("restored even on an error")
+    assert torch.get_num_threads() == before

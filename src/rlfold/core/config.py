@@ -415,7 +415,9 @@ class RunConfig(_Strict):
     seed: int = Field(0, description="run seed: global RNGs, training-prompt order, rollout and selection seeds (the "
                                      "generated held-out prompts do not depend on it)")
     run_dir: Optional[str] = Field(None, description="output directory (default runs/<name>-<time>)")
-    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch default)")
+    threads: int = Field(0, ge=0, description="torch CPU threads of the process (0: torch default, one per core); a "
+                                             "small CPU forward (an update under 2e9 multiply-adds, a small model's "
+                                             "decode step) runs on one thread either way, which is faster there")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the policy model: where it is loaded from, "
                                                                         "in which dtype")
     task: TaskConfig = Field(default_factory=TaskConfig, description="the task: training and held-out prompts with "

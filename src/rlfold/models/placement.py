@@ -4,7 +4,7 @@ gradient checkpointing."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
@@ -48,6 +48,29 @@ def autocast_for(device: torch.device, mixed_precision: str) -> Autocast:
     return contextlib.nullcontext
 
 
+# Multiply-adds of one CPU forward (rows x positions x parameters) under which a single torch thread beats two:
+# each small op's wake-up of the second thread then costs more than it computes. Measured on the tiny models
+# at 128 rows (docs/speed.md): a GRPO update over 15 positions (1.5e9) is faster on one thread, over 39 (4e9) on
+# two; a decode step (1e8) is 1.5-1.75x slower on two.
+SMALL_CPU_WORK = 2e9
+
+
+@contextlib.contextmanager
+def threads_for(work: float, device: torch.device, threads: int | None = None) -> Iterator[None]:
+    """Run a CPU computation of ``work`` multiply-adds on ``threads`` torch threads (None: one when ``work`` is
+    under ``SMALL_CPU_WORK``, else the process's count); the process's count is restored after."""
+    current = torch.get_num_threads()
+    want = threads or (1 if work < SMALL_CPU_WORK else current)
+    if device.type != "cpu" or want == current:
+        yield
+        return
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(current)
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """transformers' non-reentrant activation checkpointing (active in train mode only): the newer
     ``activation_checkpointing_enable`` where it exists (its old name is deprecated in transformers 5.2x),
@@ -63,4 +86,5 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-__all__ = ["Autocast", "autocast_for", "check_precision", "enable_gradient_checkpointing", "resolve_device"]
+__all__ = ["Autocast", "autocast_for", "check_precision", "enable_gradient_checkpointing", "resolve_device", "threads_for",
+           "SMALL_CPU_WORK"]

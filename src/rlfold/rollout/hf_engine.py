@@ -16,6 +16,7 @@ from rlfold.core.seeding import generator_for
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
 from rlfold.models.lean import enable_lean, lean_of
 from rlfold.models.logprobs import model_device as _device
+from rlfold.models.placement import threads_for
 from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request, pad_id_of
 from rlfold.rollout.sampling import SamplingParams, process_logits
 from rlfold.rollout.weight_sync import full_tensor
@@ -137,16 +138,12 @@ class HFEngine:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
         return out.logits[:, -1, :].float(), _returned_cache(self.model, out)
 
-    def decode_threads(self, rows: int) -> int:
-        """Torch threads for sampling ``rows`` rows on the CPU. ``auto``: one while a decode step's multiply-adds
-        (rows x parameters) are under 1e9, where a second thread's wake-up costs more than it computes (the
-        tiny models at 128 rows: 1.5-1.75x slower decoding with 2 threads, ``bench/vs_trl.py``), else the
-        process's count; 0: the process's count."""
-        current = torch.get_num_threads()
+    def decode_threads(self, rows: int) -> int | None:
+        """Torch threads for sampling ``rows`` rows on the CPU: ``auto`` (None) is one while a decode step's
+        multiply-adds (rows x parameters) are small (``models.placement.threads_for``); 0: the process's count."""
         if self.threads == "auto":
-            size = sum(p.numel() for p in self.model.parameters())
-            return 1 if rows * size < 1e9 else current
-        return self.threads or current
+            return None
+        return self.threads or torch.get_num_threads()
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -162,15 +159,13 @@ class HFEngine:
         generator = None if params.greedy else generator_for(seed)
         was_training = self.model.training
         self.model.eval()
-        threads = torch.get_num_threads()
-        if _device(self.model).type == "cpu":
-            torch.set_num_threads(self.decode_threads(prompt_ids.shape[0]))
+        work = prompt_ids.shape[0] * sum(p.numel() for p in self.model.parameters())
         try:
-            with torch.no_grad(), self.autocast():
+            with threads_for(work, _device(self.model), self.decode_threads(prompt_ids.shape[0])), torch.no_grad(), \
+                    self.autocast():
                 cols = self._sample(prompt_ids, prompt_mask, params, generator, limits)
         finally:
             self.model.train(was_training)
-            torch.set_num_threads(threads)
         tokens, token_mask, sample_lp, policy_lp, entropy, reasons = cols
         n_rows = prompt_ids.shape[0]
         lengths = token_mask.sum(-1)

@@ -32,8 +32,8 @@ from rlfold.core.errors import ConfigError
 from rlfold.core.masked import masked_sum
 from rlfold.core.registry import needed_inputs
 from rlfold.core.types import Prompt, RolloutBatch
-from rlfold.models.logprobs import sequence_logprobs
-from rlfold.models.placement import Autocast
+from rlfold.models.logprobs import model_device, sequence_logprobs
+from rlfold.models.placement import Autocast, threads_for
 from rlfold.trainers.packing import token_buckets, trim_prompt
 from rlfold.trainers.distributed import SINGLE, Parallel, as_float
 
@@ -355,6 +355,8 @@ def accumulate_loss(
         pieces += [torch.zeros(0, dtype=torch.long)] * (micro_count - len(pieces))
     finite = True
     entropy_grad = any(isinstance(term, EntropyTerm) for term in terms)  # else the entropy is only a metric
+    n_params = sum(p.numel() for p in model.parameters())
+    device = model_device(model)
     for local in pieces:
         pad = local.numel() == 0  # a zero-mask forward on row 0, so every rank makes the same collectives
         rows = torch.zeros(1, dtype=torch.long) if pad else idx[local]
@@ -363,7 +365,8 @@ def accumulate_loss(
         sub.response_ids, sub.response_mask = sub.response_ids[:, :width], sub.response_mask[:, :width]
         if sub.response_attention_mask is not None:
             sub.response_attention_mask = sub.response_attention_mask[:, :width]
-        with autocast():
+        work = sub.prompt_ids.shape[0] * (sub.prompt_ids.shape[1] + width) * n_params
+        with threads_for(work, device), autocast():
             logp, ent = sequence_logprobs(model, sub.prompt_ids, sub.prompt_mask, sub.response_ids,
                                           sub.response_mask, with_entropy=True, entropy_grad=entropy_grad,
                                           response_attention_mask=sub.response_attention_mask)
@@ -380,7 +383,8 @@ def accumulate_loss(
             if micro_count is None:
                 return dict(sums), False
             finite = False
-        loss.backward()
+        with threads_for(work, device):
+            loss.backward()
         sums["actor/entropy"] += float(masked_sum(ent.detach(), mask)) / n_tok
     return dict(sums), finite
 
