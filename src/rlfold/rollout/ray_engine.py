@@ -19,6 +19,7 @@ from rlfold.core import registry
 from rlfold.core.config import RayConfig
 from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.types import RolloutBatch
+from rlfold.models.lean import enable_lean, lean_of
 from rlfold.rollout.base import Engine, EngineContext, GenerationRequest
 from rlfold.rollout.sampling import SamplingParams
 from rlfold.rollout.sharding import load_named, plan_shards
@@ -28,10 +29,12 @@ class RolloutWorker:
     """What runs inside one actor: its own model copy and the inner engine built on it."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, model_path: str, dtype: torch.dtype, engine: str,
-                 engine_kwargs: dict[str, Any], threads: int, device: str) -> None:
+                 engine_kwargs: dict[str, Any], threads: int, device: str, lean: bool = False) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
         self.model = model.to(device)
+        if lean:  # the trainer's model runs the lean forward: so does the worker's copy
+            enable_lean(self.model)
         ctx = EngineContext(model=self.model, tokenizer=tokenizer, model_path=model_path, dtype=dtype)
         self.engine: Engine = registry.ENGINES.get(engine)(ctx, **engine_kwargs)
 
@@ -77,7 +80,8 @@ class RayEngine:
         model_ref = ray.put(ctx.policy_weights().plain_copy().cpu().eval().requires_grad_(False))
         remote = ray.remote(RolloutWorker)
         self.workers = [remote.options(**actor_options(cfg, "rollout", i, n)).remote(
-            model_ref, ctx.tokenizer, ctx.model_path, ctx.dtype, engine, dict(engine_kwargs or {}), threads, device)
+            model_ref, ctx.tokenizer, ctx.model_path, ctx.dtype, engine, dict(engine_kwargs or {}), threads, device,
+            lean_of(ctx.model) is not None)
             for i in range(n)]
         weakref.finalize(self, kill_actors, ray, list(self.workers))
         self.pad_id = ray.get(self.workers[0].pad_id.remote())
