@@ -555,6 +555,7 @@ CASES: list[Case] = [
     Case("option-sampler-name", train("train.sampler.kwargs={bogus: 1}"), 2, ["bogus", "uniform"]),
     Case("option-engine-value", train("rollout.engine_kwargs={weights: both}"), 2, ["weights", "both"]),
     Case("option-engine-name", train("rollout.engine_kwargs={wieghts: copy}"), 2, ["wieghts", "hf"]),
+    Case("option-engine-threads", train("rollout.engine_kwargs={threads: -1}"), 2, ["threads", "-1"]),
     Case("ray-unknown-option", train("ray={num_workers: 2}"), 2, ["ray.num_workers", "unknown key"]),
     Case("ray-negative-workers", train("ray={num_rollout_workers: -1}"), 2,
          ["ray.num_rollout_workers", "greater than or equal to 0"]),

@@ -168,9 +168,9 @@ def test_hf_engine_samples_small_models_on_one_thread_and_restores_the_count():
     engine._sample = lambda *a, **k: (seen.append(torch.get_num_threads()), original(*a, **k))[1]
     engine.generate([GenerationRequest(prompt=Prompt("1+2=", ""))], SamplingParams(n=2, max_new_tokens=3), seed=0)
     assert seen == [1] and torch.get_num_threads() == before
-    assert engine.decode_threads(128) is None  # auto: by the work (models.placement.threads_for)
-    assert HFEngine(ctx, threads=3).decode_threads(128) == 3
-    assert HFEngine(ctx, threads=0).decode_threads(128) == before
+    assert engine.decode_threads() is None  # auto: by the work (models.placement.threads_for)
+    assert HFEngine(ctx, threads=3).decode_threads() == 3
+    assert HFEngine(ctx, threads=0).decode_threads() == before
     for bad in (-1, "two", True):
         with pytest.raises(ConfigError, match="threads"):
             HFEngine(ctx, threads=bad)

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+logger = logging.getLogger(__name__)
 # architectures (the config's model_type) whose decoder layer is: RMSNorm, q/k/v/o projections with rotary
 # embedding and grouped-query attention, RMSNorm, SiLU-gated MLP; both sublayers residual
-logger = logging.getLogger(__name__)
 LEAN_MODEL_TYPES = ("qwen2", "llama", "mistral")
 _ENABLED: "weakref.WeakKeyDictionary[torch.nn.Module, LeanDecoder]" = weakref.WeakKeyDictionary()
 
@@ -93,7 +93,8 @@ def use_lean(model: torch.nn.Module, forward: str, strategy: str = "single") -> 
     if why is not None:
         logger.info("model.forward=lean: using the transformers forward, since %s", why)
         return False
-    return enable_lean(model)
+    _ENABLED[model] = LeanDecoder(model)
+    return True
 
 
 def lean_of(model: torch.nn.Module) -> "LeanDecoder | None":

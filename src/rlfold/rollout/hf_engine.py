@@ -14,7 +14,7 @@ from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.masked import positions_from_mask as _positions
 from rlfold.core.seeding import generator_for
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
-from rlfold.models.lean import enable_lean, lean_of
+from rlfold.models.lean import LeanDecoder, enable_lean, lean_of
 from rlfold.models.logprobs import model_device as _device
 from rlfold.models.placement import threads_for
 from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request, pad_id_of
@@ -125,10 +125,9 @@ class HFEngine:
             prompt_mask[i, width - len(r) :] = 1
         return prompt_ids, prompt_mask
 
-    def _forward(self, ids, mask, pos, cache, capacity: int):
+    def _forward(self, ids, mask, pos, cache, capacity: int, lean: LeanDecoder | None):
         """Last-position logits [n, V] of feeding ``ids`` after ``cache`` (None: the prefill, which sizes a lean
-        cache for ``capacity`` more tokens), and the new cache."""
-        lean = lean_of(self.model)
+        cache for ``capacity`` more tokens), and the new cache; on ``lean``'s forward when given."""
         if lean is not None:
             if cache is None:
                 cache = lean.new_cache(ids.shape[0], ids.shape[1] + capacity, ids.device)
@@ -138,9 +137,9 @@ class HFEngine:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
         return out.logits[:, -1, :].float(), _returned_cache(self.model, out)
 
-    def decode_threads(self, rows: int) -> int | None:
-        """Torch threads for sampling ``rows`` rows on the CPU: ``auto`` (None) is one while a decode step's
-        multiply-adds (rows x parameters) are small (``models.placement.threads_for``); 0: the process's count."""
+    def decode_threads(self) -> int | None:
+        """Torch threads for sampling on the CPU: ``auto`` (None) is one while a decode step's multiply-adds
+        (rows x parameters) are small (``models.placement.threads_for``); 0: the process's count."""
         if self.threads == "auto":
             return None
         return self.threads or torch.get_num_threads()
@@ -161,7 +160,7 @@ class HFEngine:
         self.model.eval()
         work = prompt_ids.shape[0] * sum(p.numel() for p in self.model.parameters())
         try:
-            with threads_for(work, _device(self.model), self.decode_threads(prompt_ids.shape[0])), torch.no_grad(), \
+            with threads_for(work, _device(self.model), self.decode_threads()), torch.no_grad(), \
                     self.autocast():
                 cols = self._sample(prompt_ids, prompt_mask, params, generator, limits)
         finally:
@@ -205,8 +204,9 @@ class HFEngine:
         texts_needed = bool(params.stop_strings)
         so_far: list[list[int]] = [[] for _ in range(n_rows)]
 
+        lean = lean_of(self.model)  # once per generation: the check walks the model's modules
         for step in range(params.max_new_tokens):
-            raw, cache = self._forward(step_ids, mask, step_pos, cache, params.max_new_tokens)
+            raw, cache = self._forward(step_ids, mask, step_pos, cache, params.max_new_tokens, lean)
             policy_logp = torch.log_softmax(raw, dim=-1)
             if params.greedy:
                 token = raw.argmax(dim=-1)
