@@ -86,8 +86,9 @@ def widened_model(src: str, dst: Path, positions: int = 512) -> Path:
 
 
 def rlfold_trainer(model: Path, length: int, forced: bool, precision: str, threads: int, tmp: Path,
-                   held_out: int) -> Any:
-    overrides = [f"model.path={model}", f"rollout.max_new_tokens={length}", f"rollout.ignore_eos={str(forced).lower()}",
+                   held_out: int, levels: list[int] | None = None, seed: int = 0) -> Any:
+    overrides = [f"seed={seed}"] + ([f"task.levels=[{','.join(map(str, levels))}]"] if levels else [])
+    overrides += [f"model.path={model}", f"rollout.max_new_tokens={length}", f"rollout.ignore_eos={str(forced).lower()}",
                  f"train.prompts_per_step={B}", f"rollout.n={G}", "train.steps=1000000", f"run_dir={tmp}",
                  "log.progress=false", f"threads={threads}", f"task.held_out_size={held_out}", "eval.every=0",
                  "checkpoint.every=0", "algo.advantage_kwargs.eps=1.0e-4",
@@ -111,7 +112,7 @@ class Clock:
 
 
 def trl_trainer(model_dir: Path, prompts: list[Prompt], length: int, forced: bool, precision: str, tmp: Path,
-                lengths_seen: list[int], callbacks: list) -> Any:
+                lengths_seen: list[int], callbacks: list, seed: int = 0) -> Any:
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -128,7 +129,7 @@ def trl_trainer(model_dir: Path, prompts: list[Prompt], length: int, forced: boo
         return total.tolist()
 
     args = GRPOConfig(
-        output_dir=str(tmp), use_cpu=True, bf16=precision == "bf16", fp16=False, seed=0,
+        output_dir=str(tmp), use_cpu=True, bf16=precision == "bf16", fp16=False, seed=seed,
         per_device_train_batch_size=B * G, num_generations=G, generation_batch_size=B * G,
         gradient_accumulation_steps=1, num_iterations=1, max_completion_length=length,
         temperature=1.0, top_p=1.0, top_k=0,
@@ -270,7 +271,8 @@ def budget_mode(args: argparse.Namespace, model_dir: Path) -> None:
     results = []
     for pair in range(args.pairs):
         with tempfile.TemporaryDirectory() as tmp:
-            rl = rlfold_trainer(model_dir, 8, False, args.precision, args.threads, Path(tmp) / "rl", 200)
+            rl = rlfold_trainer(model_dir, 8, False, args.precision, args.threads, Path(tmp) / "rl", 200,
+                                args.levels, seed=pair)
             held = rl.task.held_out
             before = accuracy(model_dir, rl.model.state_dict(), held)
             start, steps = time.perf_counter(), 0
@@ -289,7 +291,7 @@ def budget_mode(args: argparse.Namespace, model_dir: Path) -> None:
                 return spent[0] >= args.budget_s
 
             trl = trl_trainer(model_dir, train, 8, False, args.precision, Path(tmp) / "trl", [],
-                              [make_callback(trl_end)])
+                              [make_callback(trl_end)], seed=pair)
             base = {k: v.clone() for k, v in trl.model.state_dict().items()}
             trl.train()
             trl_secs = spent[0]
@@ -297,8 +299,8 @@ def budget_mode(args: argparse.Namespace, model_dir: Path) -> None:
             results.append(("trl", pair, accuracy(model_dir, base, held), accuracy(model_dir, unwrapped.state_dict(),
                                                                                     held), trl.state.global_step, trl_secs))
             print(f"  pair {pair} TRL: {trl.state.global_step} steps in {trl_secs:.1f} s", flush=True)
-    print(f"\n{args.precision}, {args.threads} thread(s), budget {args.budget_s:.0f} s, greedy exact match on "
-          f"{len(held)} held-out prompts")
+    print(f"\n{args.precision}, {args.threads} thread(s), budget {args.budget_s:.0f} s, levels "
+          f"{args.levels or 'recipe'}, greedy exact match on {len(held)} held-out prompts")
     print(f"{'lib':>6} {'pair':>4} {'before':>7} {'after':>7} {'gain pts':>8} {'steps':>6} {'train s':>8} {'s/step':>7}")
     for lib, pair, b, a, n, s in results:
         print(f"{lib:>6} {pair:>4} {b:>7.1%} {a:>7.1%} {100 * (a - b):>+8.1f} {n:>6} {s:>8.1f} {s / max(n, 1):>7.2f}")
@@ -308,11 +310,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-arith")
     ap.add_argument("--lengths", type=int, nargs="+", default=[8, 32, 128], help="max_new_tokens (step mode)")
-    ap.add_argument("--pairs", type=int, default=None, help="interleaved pairs (default: 3 step mode, 1 budget)")
+    ap.add_argument("--pairs", type=int, default=None,
+                    help="interleaved pairs (default: 3 step mode, 1 budget; budget pair i runs both sides at seed i)")
     ap.add_argument("-k", type=int, default=2, help="steps of each side per pair (step mode)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both")
     ap.add_argument("--budget-s", type=float, default=0.0, help="budget mode: wall seconds of training per side")
+    ap.add_argument("--levels", type=int, nargs="+", default=None,
+                    help="budget mode: arith difficulty levels (default: the recipe's [2], which saturates within "
+                         "300 s; 4 = three-digit addition does not)")
     args = ap.parse_args()
     args.pairs = args.pairs or (1 if args.budget_s else 3)
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5.2x renames (checkpointing)

@@ -14,7 +14,8 @@ from rlfold.core.config import RunConfig
 from rlfold.core.config_loader import load_config
 from rlfold.core.errors import ConfigError
 from rlfold.models import load_model_and_tokenizer
-from rlfold.models.placement import autocast_for, check_precision, enable_gradient_checkpointing, resolve_device
+from rlfold.models.placement import (autocast_for, check_precision, cpu_has_bf16, enable_gradient_checkpointing,
+                                     resolve_device, warn_slow_bf16)
 from rlfold.rollout import ENGINES, EngineContext, SamplingParams, requests_for
 from rlfold.tasks import TASKS
 from rlfold.trainers.loop import build_run
@@ -144,6 +145,32 @@ def test_bf16_autocast_on_cpu_keeps_fp32_weights_and_grads(batch):
 
 
 # ----- MFU and memory -------------------------------------------------------------------------------------------
+
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma f16c\n"
+SAPPHIRE = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+GRAVITON = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert cpu_has_bf16(AVX2_ONLY) is False
+    assert cpu_has_bf16(SAPPHIRE) is True
+    assert cpu_has_bf16(GRAVITON) is True
+    assert cpu_has_bf16("model name : something\n") is None  # no flags line: nothing claimed
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(caplog):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with caplog.at_level("WARNING", logger="rlfold"):
+        assert warn_slow_bf16(cpu, "bf16", native=False)
+    assert "train.mixed_precision=none is faster" in caplog.text and "avx512_bf16" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rlfold"):
+        assert not warn_slow_bf16(cpu, "bf16", native=True)
+        assert not warn_slow_bf16(cpu, "bf16", native=None)  # unknown CPU: no claim
+        assert not warn_slow_bf16(cpu, "none", native=False)
+        assert not warn_slow_bf16(cuda, "bf16", native=False)  # the check is about the CPU only
+    assert caplog.text == ""
 
 
 def test_mfu_formula_and_peak_table():

@@ -4,6 +4,9 @@ gradient checkpointing."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 import torch
@@ -11,6 +14,10 @@ import torch
 from rlfold.core.errors import ConfigError
 
 Autocast = Callable[[], ContextManager[Any]]
+LOG = logging.getLogger("rlfold")
+
+# CPU flags (Linux /proc/cpuinfo) of native bf16 matrix products: x86 AVX512-BF16 / AMX, Arm's BF16 extension.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def resolve_device(spec: str, cuda_available: bool | None = None, device_count: int | None = None) -> torch.device:
@@ -39,6 +46,43 @@ def check_precision(mixed_precision: str, dtype: str) -> None:
         raise ConfigError(f"train.mixed_precision=bf16 keeps float32 parameters and optimiser state and computes in "
                           f"bf16 under autocast, but model.dtype={dtype}; set model.dtype=float32 (or "
                           "train.mixed_precision=none to train in the model's own dtype)")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU multiplies bf16 matrices natively (flags in ``/proc/cpuinfo``); None where that file
+    is unreadable (not Linux), so nothing is claimed there."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return bool(flags & BF16_CPU_FLAGS) if flags else None
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool | None:
+    return cpu_has_bf16()
+
+
+def warn_slow_bf16(device: torch.device, mixed_precision: str, native: bool | None | str = "detect") -> bool:
+    """Warn when bf16 autocast runs on a CPU without bf16 instructions: torch then emulates
+    every bf16 product, measured 25x slower than float32 on an AVX2 EPYC (docs/speed.md). ``native``: whether the
+    CPU has them (None: unknown, no warning; "detect": read ``/proc/cpuinfo``). True if it warned."""
+    if mixed_precision != "bf16" or device.type != "cpu":
+        return False
+    native = _cpu_has_bf16() if native == "detect" else native
+    if native is not False:
+        return False
+    LOG.warning("train.mixed_precision=bf16 on a CPU without bf16 instructions (no avx512_bf16, amx_bf16 or bf16 "
+                "flag in /proc/cpuinfo; torch reports %s): bf16 matrix products are emulated there, about 25x "
+                "slower than float32 (bench/matmul_rate.py measures it); train.mixed_precision=none is faster on "
+                "this machine", torch.backends.cpu.get_cpu_capability())
+    return True
 
 
 def autocast_for(device: torch.device, mixed_precision: str) -> Autocast:
@@ -86,5 +130,5 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-__all__ = ["Autocast", "autocast_for", "check_precision", "enable_gradient_checkpointing", "resolve_device", "threads_for",
-           "SMALL_CPU_WORK"]
+__all__ = ["Autocast", "autocast_for", "check_precision", "cpu_has_bf16", "enable_gradient_checkpointing",
+           "resolve_device", "threads_for", "warn_slow_bf16", "SMALL_CPU_WORK"]

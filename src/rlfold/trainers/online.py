@@ -37,7 +37,8 @@ from rlfold.core.seeding import derive_seed, generator_for
 from rlfold.models import disable_dropout, load_model_and_tokenizer
 from rlfold.models.lean import use_lean
 from rlfold.models.logprobs import batched_logprobs
-from rlfold.models.placement import autocast_for, check_precision, enable_gradient_checkpointing, resolve_device
+from rlfold.models.placement import (autocast_for, check_precision, enable_gradient_checkpointing, resolve_device,
+                                     warn_slow_bf16)
 from rlfold.models.policy import build_policy
 from rlfold.rewards.ray_pool import RayRewardPool
 from rlfold.rollout import EngineContext, SamplingParams, build_engines
@@ -132,6 +133,7 @@ class OnlineStep:
         check_precision(cfg.train.mixed_precision, cfg.model.dtype)
         check_micro_batch_tokens(cfg.train.micro_batch_tokens, self.parallel.active)
         self.autocast = autocast_for(self.device, cfg.train.mixed_precision)
+        warn_slow_bf16(self.device, cfg.train.mixed_precision)
         self.task = build_task(cfg.task, cfg.seed)
         dtype = DTYPES[cfg.model.dtype]
         self.model, self.tokenizer = load_model_and_tokenizer(cfg.model.path, dtype, device=self.device)
