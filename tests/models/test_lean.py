@@ -177,13 +177,20 @@ def test_hf_engine_samples_small_models_on_one_thread_and_restores_the_count():
 
 
 def test_threads_for_runs_small_cpu_work_on_one_thread():
-    from rlfold.models.placement import SMALL_CPU_WORK, threads_for
+    from rlfold.models.placement import SMALL_CPU_WORK, SMALL_CPU_WORK_FP32, threads_for
 
+    torch.set_num_threads(2)
     before = torch.get_num_threads()
     cpu = torch.device("cpu")
-    with threads_for(SMALL_CPU_WORK / 2, cpu):
+    with threads_for(SMALL_CPU_WORK / 2, cpu, dtype=torch.bfloat16):
         assert torch.get_num_threads() == 1
-    with threads_for(SMALL_CPU_WORK * 2, cpu):
+    with threads_for(SMALL_CPU_WORK * 2, cpu, dtype=torch.bfloat16):
+        assert torch.get_num_threads() == before
+    # float32 products cost about 5x a bf16 one: the same time is fewer multiply-adds
+    assert SMALL_CPU_WORK_FP32 < SMALL_CPU_WORK
+    with threads_for(SMALL_CPU_WORK_FP32 / 2, cpu):
+        assert torch.get_num_threads() == 1
+    with threads_for(SMALL_CPU_WORK_FP32 * 2, cpu):
         assert torch.get_num_threads() == before
     with threads_for(1.0, cpu, threads=3):
         assert torch.get_num_threads() == 3
@@ -191,3 +198,13 @@ def test_threads_for_runs_small_cpu_work_on_one_thread():
         with threads_for(1.0, cpu):
             raise ValueError("restored even on an error")
     assert torch.get_num_threads() == before
+
+
+def test_compute_dtype_follows_autocast_then_the_parameters():
+    from rlfold.models.placement import compute_dtype
+
+    lin = torch.nn.Linear(2, 2)
+    assert compute_dtype(lin) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compute_dtype(lin) == torch.bfloat16
+    assert compute_dtype(lin.to(torch.bfloat16)) == torch.bfloat16

@@ -94,17 +94,33 @@ def autocast_for(device: torch.device, mixed_precision: str) -> Autocast:
 
 # Multiply-adds of one CPU forward (rows x positions x parameters) under which a single torch thread beats two:
 # each small op's wake-up of the second thread then costs more than it computes. Measured on the tiny models
-# at 128 rows (docs/speed.md): a GRPO update over 15 positions (1.5e9) is faster on one thread, over 39 (4e9) on
-# two; a decode step (1e8) is 1.5-1.75x slower on two.
+# at 128 rows (docs/speed.md). bf16 on an AVX512-BF16 EPYC: an update over 15 positions (1.5e9) is faster on
+# one thread, over 39 (4e9) on two; a decode step (1e8) is 1.5-1.75x slower on two. Float32 products are 5x
+# slower there (about 80 vs 400 GFLOP/s a core), so the same time is 5x fewer multiply-adds: on an AVX2 EPYC
+# a float32 update over 15 positions is 1.45x faster on two threads, a decode step the same on either.
 SMALL_CPU_WORK = 2e9
+SMALL_CPU_WORK_FP32 = 4e8
+
+
+def compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype ``model``'s products run in here: autocast's where it is on for the model's device, else
+    the parameters'."""
+    param = next(model.parameters(), None)
+    device = "cpu" if param is None else param.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.float32 if param is None else param.dtype
 
 
 @contextlib.contextmanager
-def threads_for(work: float, device: torch.device, threads: int | None = None) -> Iterator[None]:
-    """Run a CPU computation of ``work`` multiply-adds on ``threads`` torch threads (None: one when ``work`` is
-    under ``SMALL_CPU_WORK``, else the process's count); the process's count is restored after."""
+def threads_for(work: float, device: torch.device, threads: int | None = None,
+                dtype: torch.dtype = torch.float32) -> Iterator[None]:
+    """Run a CPU computation of ``work`` multiply-adds in ``dtype`` on ``threads`` torch threads (None: one when
+    ``work`` is under ``SMALL_CPU_WORK`` for 16-bit products, ``SMALL_CPU_WORK_FP32`` for float32, else the
+    process's count); the process's count is restored after."""
     current = torch.get_num_threads()
-    want = threads or (1 if work < SMALL_CPU_WORK else current)
+    small = SMALL_CPU_WORK if dtype in (torch.bfloat16, torch.float16) else SMALL_CPU_WORK_FP32
+    want = threads or (1 if work < small else current)
     if device.type != "cpu" or want == current:
         yield
         return
@@ -131,4 +147,5 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 
 
 __all__ = ["Autocast", "autocast_for", "check_precision", "cpu_has_bf16", "enable_gradient_checkpointing",
-           "resolve_device", "threads_for", "warn_slow_bf16", "SMALL_CPU_WORK"]
+           "compute_dtype", "resolve_device", "threads_for", "warn_slow_bf16", "SMALL_CPU_WORK",
+           "SMALL_CPU_WORK_FP32"]

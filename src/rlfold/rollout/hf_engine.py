@@ -16,7 +16,7 @@ from rlfold.core.seeding import generator_for
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
 from rlfold.models.lean import LeanDecoder, enable_lean, lean_of
 from rlfold.models.logprobs import model_device as _device
-from rlfold.models.placement import threads_for
+from rlfold.models.placement import compute_dtype, threads_for
 from rlfold.rollout.base import EngineContext, GenerationRequest, encode_request, pad_id_of
 from rlfold.rollout.sampling import SamplingParams, process_logits
 from rlfold.rollout.weight_sync import full_tensor
@@ -160,7 +160,9 @@ class HFEngine:
         self.model.eval()
         work = prompt_ids.shape[0] * sum(p.numel() for p in self.model.parameters())
         try:
-            with threads_for(work, _device(self.model), self.decode_threads()), torch.no_grad(), \
+            with self.autocast():
+                cdtype = compute_dtype(self.model)
+            with threads_for(work, _device(self.model), self.decode_threads(), cdtype), torch.no_grad(), \
                     self.autocast():
                 cols = self._sample(prompt_ids, prompt_mask, params, generator, limits)
         finally:

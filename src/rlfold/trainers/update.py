@@ -33,7 +33,7 @@ from rlfold.core.masked import masked_sum
 from rlfold.core.registry import needed_inputs
 from rlfold.core.types import Prompt, RolloutBatch
 from rlfold.models.logprobs import model_device, sequence_logprobs
-from rlfold.models.placement import Autocast, threads_for
+from rlfold.models.placement import Autocast, compute_dtype, threads_for
 from rlfold.trainers.packing import token_buckets, trim_prompt
 from rlfold.trainers.distributed import SINGLE, Parallel, as_float
 
@@ -357,6 +357,8 @@ def accumulate_loss(
     entropy_grad = any(isinstance(term, EntropyTerm) for term in terms)  # else the entropy is only a metric
     n_params = sum(p.numel() for p in model.parameters())
     device = model_device(model)
+    with autocast():
+        cdtype = compute_dtype(model)  # what the products run in: picks the thread count for small work
     for local in pieces:
         pad = local.numel() == 0  # a zero-mask forward on row 0, so every rank makes the same collectives
         rows = torch.zeros(1, dtype=torch.long) if pad else idx[local]
@@ -366,7 +368,7 @@ def accumulate_loss(
         if sub.response_attention_mask is not None:
             sub.response_attention_mask = sub.response_attention_mask[:, :width]
         work = sub.prompt_ids.shape[0] * (sub.prompt_ids.shape[1] + width) * n_params
-        with threads_for(work, device), autocast():
+        with threads_for(work, device, dtype=cdtype), autocast():
             logp, ent = sequence_logprobs(model, sub.prompt_ids, sub.prompt_mask, sub.response_ids,
                                           sub.response_mask, with_entropy=True, entropy_grad=entropy_grad,
                                           response_attention_mask=sub.response_attention_mask)
@@ -383,7 +385,7 @@ def accumulate_loss(
             if micro_count is None:
                 return dict(sums), False
             finite = False
-        with threads_for(work, device):
+        with threads_for(work, device, dtype=cdtype):
             loss.backward()
         sums["actor/entropy"] += float(masked_sum(ent.detach(), mask)) / n_tok
     return dict(sums), finite
