@@ -40,6 +40,8 @@ class StepContext:
     total_steps: int | None = None  # the run's train.steps (progress-based curricula), None when unknown
     old_logprobs: Tensor | None = None  # [N, R] log-probs of the policy the update starts from (stage 2)
     ref_logprobs: Tensor | None = None  # [N, R] log-probs of the reference model (stage 2), None without one
+    model: Any = None             # the policy being trained (inputs that score other contexts with it, no grad)
+    autocast: Any = None          # the update's precision context factory (models.placement.Autocast)
 
 
 Provider = Callable[[StepContext], Any]

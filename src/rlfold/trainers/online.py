@@ -282,7 +282,8 @@ class OnlineStep:
         ctx = StepContext(step=index, prompts=s.prompts, roll=s.roll, scores=s.scores, rewards=rewards,
                           token_rewards=token_rewards, group_ids=s.group_ids, collector=self.collector,
                           critic=self.critic, per_fn=s.per_fn, tokenizer=self.tokenizer,
-                          total_steps=self.cfg.train.steps, old_logprobs=lp.old, ref_logprobs=lp.ref)
+                          total_steps=self.cfg.train.steps, old_logprobs=lp.old, ref_logprobs=lp.ref,
+                          model=self.module, autocast=self.autocast)
         t0 = time.perf_counter()
         problem = reward_problem(rewards, token_rewards, s.roll.response_mask)
         adv = torch.full(s.roll.response_mask.shape, float("nan"))  # logged as such when never computed
