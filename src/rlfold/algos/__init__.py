@@ -23,6 +23,8 @@ from rlfold.algos import spans  # noqa: F401  (registers the after_marker select
 from rlfold.algos import disco  # noqa: F401  (registers the disco and drpo policy losses)
 from rlfold.algos import preference  # noqa: F401  (registers PREFERENCE_LOSSES)
 from rlfold.algos import occupancy, regularizers  # noqa: F401  (registers REGULARIZERS: chi2_occupancy)
+from rlfold.algos import pipo  # noqa: F401  (registers the pipo replay part)
+from rlfold.algos.replay import REPLAYS
 from rlfold.algos.advantages import ADVANTAGES
 from rlfold.algos.aggregation import AGGREGATIONS, Aggregation, aggregate
 from rlfold.algos.kl import KL_ESTIMATORS
@@ -37,6 +39,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "REGULARIZERS",
+    "REPLAYS",
     "SELECTIONS",
     "advantages",
     "aggregate",

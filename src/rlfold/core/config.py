@@ -16,6 +16,7 @@ from rlfold.core.registry import (
     TRAINERS, needed_inputs, reward_check,
 )
 from rlfold.core.errors import dotted
+from rlfold.core.replay_registry import REPLAYS
 from rlfold.core.config_preference import PreferenceConfig
 from rlfold.core.config_reward_modeling import RewardModelingConfig
 from rlfold.core.options import is_group_relative, literal_choices
@@ -128,6 +129,11 @@ class SelectionSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the selection part")
 
 
+class ReplaySpec(_Strict):
+    name: str = Field(description="registered replay part (pipo): after the update, a batch to train on once more")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the replay part")
+
+
 class RegularizerSpec(_Strict):
     name: str = Field(description="registered sequence-level regulariser (chi2_occupancy, ...)")
     coef: float = Field(ge=0, description="coefficient of the regulariser's penalty in the loss (0: logged only)")
@@ -235,6 +241,8 @@ class AlgoConfig(_Strict):
     group_filters: list[GroupFilterSpec] = Field(
         default_factory=list, description="group filters, applied in order while collecting: a prompt group "
                                           "that any filter rejects is dropped and more prompts are generated")
+    replay: Optional[ReplaySpec] = Field(
+        None, description="replay part run after each update (pipo: replay the previous batch; None: no replay)")
     max_gen_batches: int = Field(
         4, ge=1, description="with group filters: generation rounds per step at most (then train on what passed)")
     allow_no_signal: bool = Field(
@@ -478,6 +486,7 @@ class RunConfig(_Strict):
           + [(("algo", "regularizers", i, "name"), r.name, REGULARIZERS) for i, r in enumerate(self.algo.regularizers)] \
           + [(("shaping", i, "name"), s.name, SHAPINGS) for i, s in enumerate(self.shaping)] \
           + [(("algo", "group_filters", i, "name"), f.name, GROUP_FILTERS) for i, f in enumerate(self.algo.group_filters)] \
+          + ([(("algo", "replay", "name"), self.algo.replay.name, REPLAYS)] if self.algo.replay else []) \
           + ([(("rollout", "env", "name"), self.rollout.env.name, ENVIRONMENTS)] if self.rollout.env else []) \
           + ([(("eval", "confidence"), self.eval.confidence, CONFIDENCE_PARSERS)] if self.eval.confidence else []) \
           + [(("log", "trackers", i), t, TRACKERS) for i, t in enumerate(self.log.trackers)]
@@ -521,6 +530,9 @@ class RunConfig(_Strict):
         for i, spec in enumerate(a.regularizers):
             check_part_options(("algo", "regularizers", i, "kwargs"), "regulariser", spec.name,
                                REGULARIZERS.get(spec.name), spec.kwargs, n_positional=0)
+        if a.replay is not None:
+            check_part_options(("algo", "replay", "kwargs"), "replay part", a.replay.name, REPLAYS.get(a.replay.name),
+                               a.replay.kwargs, n_positional=0)
         for key in ("engine", "eval_engine"):
             check_part_options(("rollout", f"{key}_kwargs"), "rollout engine", getattr(self.rollout, key),
                           ENGINES.get(getattr(self.rollout, key)), getattr(self.rollout, f"{key}_kwargs"),

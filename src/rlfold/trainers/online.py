@@ -12,8 +12,9 @@ shards (its normaliser is the one reduction, see ``trainers.update``).
 4. advantage the advantage part, with the inputs it declares (values, greedy baseline, ...)
 5. select    the selection parts: rows kept, loss mask, importance weights -> ``PreparedBatch``
 6. critic    value targets; a separate critic is updated here, a shared one through the loss terms
-7. update    epochs x mini-batches x micro-batches of the loss terms; then the new weights reach
-             the engines, and the adaptive KL coefficient moves
+7. update    epochs x mini-batches x micro-batches of the loss terms
+7b. replay   the replay part (``algo.replay``, e.g. PIPO's layback) may hand back a batch to update on once
+             more; then the new weights reach the engines, and the adaptive KL coefficient moves
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from rlfold.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, REGULARIZERS, SELECTIONS
 from rlfold.algos.kl import adaptive_kl_coef
+from rlfold.algos.replay import REPLAYS, Replay
 from rlfold.algos.selection import SelectionInput, engine_mismatch
 from rlfold.core.config import AlgoConfig, RunConfig, TaskConfig
 from rlfold.core.errors import ConfigError, NumericalError
@@ -63,6 +65,16 @@ from rlfold.trainers.update import (EntropyTerm, KLTerm, PolicyTerm, PreparedBat
                                     group_objective_problem, policy_update)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class _HeldSchedule:
+    """A learning-rate schedule that does not move: the replayed update's optimiser steps keep the current lr."""
+
+    def step(self) -> None:
+        pass
+
+
+HELD_SCHEDULE: Any = _HeldSchedule()
 
 
 def build_task(t: TaskConfig, seed: int) -> Task:
@@ -169,6 +181,7 @@ class OnlineStep:
         self.kl_estimator = KL_ESTIMATORS.get(a.kl_estimator)
         self.kl = KLController(a)
         self.selections = [(SELECTIONS.get(sp.name), sp.kwargs) for sp in a.selection]
+        self.replay: Replay | None = REPLAYS.get(a.replay.name)(**a.replay.kwargs) if a.replay is not None else None
         self.critic = (Critic(cfg.critic, cfg.train, cfg.model, self.module, dtype)
                        if "values" in needed_inputs(self.adv_fn) else None)
         self.sft = SFTTerm(self.module, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
@@ -206,8 +219,9 @@ class OnlineStep:
         # the log-probs it starts from are its own forward's, detached, exactly; so with recompute_logprobs
         # unset, an engine computing with the trainer's module (an engine of its own keeps the recomputation, which
         # logs how far its log-probs are) and nothing but the policy loss reading old log-probs, none are
-        # computed before the update
-        self.old_in_update = (cfg.rollout.recompute_logprobs is None and self.engine.shares_weights
+        # computed before the update. A replay part turns it off: the batch it hands back is trained on again after
+        # the weights moved, so its ratios need the log-probs of the policy that sampled it, kept in the batch
+        self.old_in_update = (self.replay is None and cfg.rollout.recompute_logprobs is None and self.engine.shares_weights
                               and not self.collector.off_policy
                               and tc.ppo_epochs == 1 and self.reference is None and not self.regularizers
                               and not self.selections and "old_logprobs" not in needed_inputs(self.adv_fn))
@@ -238,6 +252,8 @@ class OnlineStep:
             objects["critic"] = self.critic
         if self.collector.filter_state.stateful:  # a curriculum's state (decs_curriculum)
             objects["group_filters"] = self.collector.filter_state
+        if self.replay is not None:  # its history of batch means (a cached batch is not saved)
+            objects["replay"] = self.replay
         return objects
 
     def data_sources(self) -> list[dict[str, Any]]:
@@ -312,6 +328,10 @@ class OnlineStep:
         t0 = time.perf_counter()
         stats = self.update(prep)                                                # 7. update
         t_update = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        replay_metrics, replay_finite = (self.replay_stage(s, prep, index)       # 7b. replay
+                                         if self.replay is not None and stats.finite else ({}, True))
+        t_replay = time.perf_counter() - t0
         trained = float(prep.roll.prompt_mask.sum() + prep.roll.attention.sum()) * self.cfg.train.ppo_epochs
         perf = perf_metrics(self.n_params, trained, t_update, self.device,
                             None if self.peak_flops is None else self.peak_flops * self.parallel.world)
@@ -323,7 +343,7 @@ class OnlineStep:
         roll, dt = s.roll, time.perf_counter() - t_step
         metrics: dict[str, float] = {
             **adv_metrics, **s.metrics, **lp.metrics, **sel_metrics, **kl_metrics, **critic_metrics, **stats.metrics,
-            **perf,
+            **replay_metrics, **perf,
             **health,
             "actor/lr": self.optimizer.param_groups[0]["lr"],
             "timing_s/gen": s.t_gen, "timing_s/reward": s.t_reward, "timing_s/ref": lp.seconds_ref,
@@ -335,11 +355,14 @@ class OnlineStep:
         }
         if self.recompute and lp.old is not None:
             metrics["timing_s/old"] = lp.seconds_old
-        if stats.finite:
+        if self.replay is not None:
+            metrics["timing_s/replay"] = t_replay
+        finite = stats.finite and replay_finite
+        if finite:
             self.skipped.clear()
         else:
             self.skipped.append((index + 1, "the loss or gradient was non-finite"))
-        return StepResult(metrics, stats.finite, self.samples(s, rewards, adv))
+        return StepResult(metrics, finite, self.samples(s, rewards, adv))
 
     def empty_problem(self, s: Sampled, prep: PreparedBatch, sel_metrics: dict[str, float]) -> str | None:
         """Why no token of the prepared batch can train (None if some can)."""
@@ -480,14 +503,33 @@ class OnlineStep:
                                               self.aggregation, self.max_len))
         return metrics
 
-    def update(self, prep: PreparedBatch):
-        """Stage 7. The loss terms over epochs x mini-batches x micro-batches."""
+    def replay_stage(self, s: Sampled, prep: PreparedBatch, index: int) -> tuple[dict[str, float], bool]:
+        """Stage 7b. The replay part sees the batch just trained on and its mean reward (over the scored
+        rows); a batch it hands back is updated on now with the same optimiser and loss terms, from the
+        old log-probs it carries (its metrics under ``replay/``). Returns the metrics and whether that
+        update was finite."""
+        assert self.replay is not None
+        scored = s.scores[~s.unscorable]
+        mean = float(scored.mean()) if scored.numel() else 0.0
+        batch, metrics = self.replay.after_update(prep, mean, index)
+        metrics = dict(metrics)
+        if batch is None:
+            return metrics, True
+        stats = self.update(batch, replay=True)
+        metrics.update({f"replay/{k}": v for k, v in stats.metrics.items()})
+        return metrics, stats.finite
+
+    def update(self, prep: PreparedBatch, replay: bool = False):
+        """Stage 7. The loss terms over epochs x mini-batches x micro-batches. A replayed batch (stage 7b)
+        holds the learning-rate schedule where it is (the schedule counts the steps of ``train.steps``)
+        and adds no SFT term (the replay repeats the policy update only)."""
         tc = self.cfg.train
         return policy_update(
-            self.train_module, self.optimizer, self.scheduler, prep, terms=self.terms(), aggregation=self.aggregation,
+            self.train_module, self.optimizer, HELD_SCHEDULE if replay else self.scheduler, prep, terms=self.terms(),
+            aggregation=self.aggregation,
             ppo_epochs=tc.ppo_epochs, mini_batch_size=tc.mini_batch_size, micro_batch_size=tc.micro_batch_size,
             grad_clip=tc.grad_clip, max_len=self.max_len,
-            minibatch_terms=(self.sft,) if self.sft is not None else (), params=self.trainable,
+            minibatch_terms=(self.sft,) if self.sft is not None and not replay else (), params=self.trainable,
             parallel=self.parallel, micro_batch_tokens=tc.micro_batch_tokens, autocast=self.autocast,
         )
 
