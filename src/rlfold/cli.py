@@ -197,6 +197,7 @@ def recipe_parts(cfg) -> list[str]:
         extra.append(f"KL {a.kl_estimator} x {a.kl_coef:g} in the {a.kl_in}" + (" (adaptive)" if a.kl_ctrl == "adaptive" else ""))
     extra += [f"filter {f.name} (<= {a.max_gen_batches} rounds)" for f in a.group_filters]
     extra += [f"select {s.name}" for s in a.selection]
+    extra += [f"replay {a.replay.name}"] if a.replay is not None else []
     extra += [f"regulariser {r.name} x {r.coef:g}" for r in a.regularizers]
     if a.entropy_coef:
         extra.append(f"entropy bonus {a.entropy_coef:g}")

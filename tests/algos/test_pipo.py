@@ -123,11 +123,11 @@ def test_state_round_trip_keeps_the_history():
     fresh = Pipo(window=4, min_steps_before_layback=0)
     fresh.load_state_dict(part.state_dict())
     assert fresh.history == part.history == [0.1, 0.3, 0.2]
-    assert fresh.previous is None  # the cached batch is not saved: a resumed run replays from its second step
-    b = _batch([1.0, -1.0], [0, 0])
+    assert fresh.previous is part.previous is not None  # the cached batch travels in the state
+    b = _batch([3.0, -1.0], [0, 0])
     got, metrics = fresh.after_update(b, 0.4, 3)
-    _, expected = part.after_update(b, 0.4, 3)
-    assert got is None and metrics["replay/pipo_xi"] == expected["replay/pipo_xi"]
+    want, expected = part.after_update(b, 0.4, 3)
+    assert metrics == expected and torch.equal(got.advantages, want.advantages)
     assert fresh.history == part.history
     state = part.state_dict()
     state["history"].append(9.0)  # a copy: the snapshot of a step never aliases the live history

@@ -13,7 +13,8 @@ TRAINERS_DIR = Path(rlfold.__file__).resolve().parent / "trainers"
 PART_REGISTRIES = [registry.ADVANTAGES, registry.POLICY_LOSSES, registry.AGGREGATIONS, registry.KL_ESTIMATORS,
                    registry.REWARDS, registry.SELECTIONS, registry.SHAPINGS, registry.GROUP_FILTERS,
                    registry.SAMPLERS, registry.ENVIRONMENTS, registry.ENGINES, registry.TASKS,
-                   registry.CONFIDENCE_PARSERS, registry.REGULARIZERS, registry.REWARD_AGGREGATORS]
+                   registry.CONFIDENCE_PARSERS, registry.REGULARIZERS, registry.REWARD_AGGREGATORS,
+                   registry.REPLAYS]
 
 
 def _sources() -> list[Path]:

@@ -11,6 +11,7 @@ import torch
 
 from rlfold.algos.pipo import rescale_group_advantages
 from rlfold.core.config_loader import load_config
+from rlfold.trainers import checkpoint as ckpt
 from rlfold.trainers.loop import build_run
 
 RECIPES = Path(__file__).resolve().parents[2] / "src/rlfold/recipes"
@@ -60,7 +61,7 @@ def test_pipo_replays_the_previous_batch_and_moves_the_weights(tmp_path):
         if not c["replay"]:
             continue
         # each step: its update (calls[i - 1]), then the replay of the batch of the step before
-        index = updates.index(calls[i - 1])
+        index = next(k for k, u in enumerate(updates) if u is calls[i - 1])
         cached, r = updates[index - 1]["prep"], rows[index]
         assert r["replay/pipo_active"] == 1.0
         assert c["finite"] and c["moved"] and c["lr_kept"]
@@ -73,40 +74,53 @@ def test_pipo_replays_the_previous_batch_and_moves_the_weights(tmp_path):
 
 
 def test_a_replay_that_never_fires_trains_like_no_replay(tmp_path):
-    plain = build_run(load_config(RECIPES / "grpo.yaml", TINY_RUN), tmp_path / "plain")
-    assert plain.trainer.replay is None and plain.trainer.old_in_update
-    never = build_run(load_config(RECIPES / "grpo.yaml", [*TINY_RUN, "algo.replay={name: pipo, kwargs: "
-                                                                      "{min_steps_before_layback: 100}}"]),
-                      tmp_path / "never")
-    assert not never.trainer.old_in_update
-    a, b = plain.fit(), never.fit()
-    assert not [k for r in a for k in r if k.startswith("replay/")]
-    assert [r["replay/pipo_active"] for r in b[1:]] == [0.0] * 4
-    for ra, rb in zip(a, b):
-        assert set(ra) == {k for k in rb if not k.startswith("replay/") and k != "timing_s/replay"}
-        for k, v in ra.items():
+    def fit(name: str, *extra: str) -> tuple:
+        run = build_run(load_config(RECIPES / "grpo.yaml", [*TINY_RUN, *extra]), tmp_path / name)
+        return run.trainer, run.fit()
+
+    plain, a = fit("plain")  # algo.replay null (the default): the on-policy shortcut, no stage 7b
+    assert plain.replay is None and plain.old_in_update
+    assert not [k for r in a for k in r if k.startswith("replay/")] and "replay" not in plain.state()
+    # with the shortcut off both ways (the engine's old log-probs), the never-firing replay changes nothing
+    engine_old, b = fit("engine_old", "rollout.recompute_logprobs=false")
+    never, c = fit("never", "algo.replay={name: pipo, kwargs: {min_steps_before_layback: 100}}")
+    assert not engine_old.old_in_update and not never.old_in_update and not never.recompute
+    assert [r["replay/pipo_active"] for r in c[1:]] == [0.0] * 4
+    assert never.replay.history == [r["reward/mean"] for r in c[1:]]
+    for ra, rb, rc in zip(a, b, c):
+        assert set(ra) == set(rb) == {k for k in rc if not k.startswith("replay/") and k != "timing_s/replay"}
+        for k, v in rb.items():
             if not k.startswith(("timing_s", "perf")):
-                assert rb[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
-    for p, q in zip(plain.trainer.module.parameters(), never.trainer.module.parameters()):
-        assert torch.allclose(p, q, atol=1e-6)
+                assert rc[k] == v, k
+                # the shortcut's own-forward log-probs differ from the engine's in float rounding only
+                assert ra[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    for p, q in zip(engine_old.module.parameters(), never.module.parameters()):
+        assert torch.equal(p, q)
 
 
-def test_resume_restores_the_replay_history(tmp_path):
+def test_stopped_and_resumed_run_replays_like_an_uninterrupted_one(tmp_path):
     cfg = load_config(RECIPES / "pipo.yaml", [*TINY_RUN, EARLY])
     whole = build_run(cfg, tmp_path / "whole")
-    ref = whole.fit()[1:]
+    ref = whole.fit()
     stopped = build_run(cfg, tmp_path / "stopped")
+    stopped.loop.counters["init_eval"] = stopped.trainer.begin()
     for _ in range(3):  # three steps as the loop takes them, then a checkpoint, then a resume
         assert stopped.trainer.step(stopped.loop.step).finite
         stopped.loop.counters["step"] = stopped.loop.step + 1
-    stopped.loop.counters["init_eval"] = {}
-    stopped.loop.save()
+    saved = stopped.loop.save()
+    state = ckpt.load_state(saved)["replay"]  # plain data: it loaded with weights_only=True
+    assert state["history"] == stopped.trainer.replay.history and "prepared_batch" in state["previous"]
+    (tmp_path / "stopped" / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in ref[:4]))  # the rows the stopped run had written
     resumed = build_run(cfg, tmp_path / "stopped", resume=True)
     assert resumed.loop.step == 3
     assert resumed.trainer.replay.history == stopped.trainer.replay.history
-    last = resumed.fit()[-1]
+    assert resumed.trainer.replay.previous is not None  # the cached batch came back: step 4 replays it
+    got = resumed.fit()
     assert resumed.trainer.replay.history == whole.trainer.replay.history
-    assert last["step"] == 4 and last["reward/mean"] == ref[-1]["reward/mean"]
-    assert last["replay/pipo_xi"] == pytest.approx(ref[-1]["replay/pipo_xi"], abs=1e-12)
-    # the cached batch is not checkpointed: the resumed run's first step has nothing to replay
-    assert ref[-1]["replay/pipo_active"] == 1.0 and last["replay/pipo_active"] == 0.0
+    assert got[-1]["replay/pipo_active"] == 1.0
+    drop = ("timing_s", "perf")
+    assert [{k: v for k, v in r.items() if not k.startswith(drop)} for r in got] == \
+           [{k: v for k, v in r.items() if not k.startswith(drop)} for r in ref]
+    for p, q in zip(whole.trainer.module.parameters(), resumed.trainer.module.parameters()):
+        assert torch.equal(p, q)

@@ -76,7 +76,7 @@ class Pipo:
         self.window, self.loss_scale_neg = window, loss_scale_neg
         self.min_steps, self.eps = min_steps_before_layback, eps
         self.history: list[float] = []              # the last ``window`` batch means, oldest first
-        self.previous: ReplayableBatch | None = None  # the batch trained on at the last update (not checkpointed)
+        self.previous: ReplayableBatch | None = None  # the batch trained on at the last update
 
     def after_update(self, prep: Any, batch_reward_mean: float,
                      step: int) -> tuple[Any | None, dict[str, float]]:
@@ -98,13 +98,12 @@ class Pipo:
         return replace(previous, advantages=adv), metrics
 
     def state_dict(self) -> dict[str, Any]:
-        """The history of batch means; the cached batch is dropped (a resumed run replays from its second step)."""
-        return {"history": list(self.history)}
+        """The history of batch means and the cached batch as it is (the online step saves it as plain data)."""
+        return {"history": list(self.history), "previous": self.previous}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # the cached batch is left as it is: a fresh part (a resume) has none, and a step dropped before its
-        # update (Ctrl-C) still replays the batch it would have
         self.history = [float(x) for x in state["history"]]
+        self.previous = state.get("previous")
 
 
 __all__ = ["Pipo", "layback_coef", "progress_score", "rescale_group_advantages"]

@@ -5,7 +5,8 @@ A replay part is the one stateful extension point of the update: the online step
 mean reward of that batch and the step index; the part returns the batch to run one more update on
 now (same optimiser, its cached old log-probs, the loss terms of the recipe) or None, and metrics
 (logged as they are named, ``replay/...``). Its ``state_dict`` / ``load_state_dict`` are saved with the
-trainer's other state.
+trainer's other state; a batch the part caches may sit in its state as it is (the online step writes it
+field by field as plain data and gives it back as the same batch type), so a resume replays it exactly.
 
 The part never sees the trainer: it reads the batch through ``ReplayableBatch`` (the fields of
 ``trainers.update.PreparedBatch`` it needs) and returns a copy made with ``dataclasses.replace``, so
@@ -18,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-from rlfold.core.replay_registry import REPLAYS
+from rlfold.core.registry import REPLAYS
 
 
 class ReplayableBatch(Protocol):

@@ -11,12 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from rlfold.core.registry import (
     ADVANTAGES, AGGREGATIONS, COLLECTORS, CONFIDENCE_PARSERS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS,
-    POLICY_LOSSES,
-    PREFERENCE_LOSSES, REGULARIZERS, REWARD_AGGREGATORS, REWARDS, SAMPLERS, SELECTIONS, SHAPINGS, TASKS, TRACKERS,
-    TRAINERS, needed_inputs, reward_check,
+    POLICY_LOSSES, PREFERENCE_LOSSES, REGULARIZERS, REPLAYS, REWARD_AGGREGATORS, REWARDS, SAMPLERS, SELECTIONS,
+    SHAPINGS, TASKS, TRACKERS, TRAINERS, needed_inputs, reward_check,
 )
 from rlfold.core.errors import dotted
-from rlfold.core.replay_registry import REPLAYS
 from rlfold.core.config_preference import PreferenceConfig
 from rlfold.core.config_reward_modeling import RewardModelingConfig
 from rlfold.core.options import is_group_relative, literal_choices
@@ -180,8 +178,9 @@ class RolloutConfig(_Strict):
         None, description="recompute old log-probs with the trainer before the update (None: when the engine does "
                           "not share the trainer's weights or train.mixed_precision is bf16, except that an update "
                           "of one optimiser step (ppo_epochs 1, one mini-batch) on rows the shared engine just "
-                          "sampled, with no reference, regulariser, selection part or advantage reading old "
-                          "log-probs, takes them from its own forward, detached: exact, and one forward fewer)")
+                          "sampled, with no reference, regulariser, selection part, replay part or advantage "
+                          "reading old log-probs, takes them from its own forward, detached: exact, and one forward "
+                          "fewer)")
     async_mode: str = Field(
         "sync", description="registered rollout collector: sync (on-policy), one_step (the rollouts of step k "
                             "generated with step k-1's weights while it updates) or bounded (up to max_staleness "

@@ -8,7 +8,7 @@ from typing import Any
 
 from rlfold.core.registry import (
     ADVANTAGES, AGGREGATIONS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SAMPLERS,
-    PREFERENCE_LOSSES, SELECTIONS, SHAPINGS, TASKS, TRAINERS, Registry,
+    PREFERENCE_LOSSES, REPLAYS, SELECTIONS, SHAPINGS, TASKS, TRAINERS, Registry,
 )
 
 
@@ -62,6 +62,8 @@ def recipe_parts_with_sources(cfg: Any) -> list[tuple[str, str, str]]:
         if a.kl_coef:
             named.append(("kl estimator", a.kl_estimator, KL_ESTIMATORS))
         named += [("selection", x.name, SELECTIONS) for x in a.selection]
+        if a.replay is not None:
+            named.append(("replay part", a.replay.name, REPLAYS))
     return [(role, name, source_of(reg.get(name), name)) for role, name, reg in named]
 
 

@@ -61,6 +61,7 @@ from rlfold.trainers.reference import build_reference
 from rlfold.trainers.schedule import make_scheduler
 from rlfold.trainers.scoring import Scorer, reward_problem
 from rlfold.trainers.sft import SFTTerm
+from rlfold.trainers.replay_state import ReplayState
 from rlfold.trainers.update import (EntropyTerm, KLTerm, PolicyTerm, PreparedBatch, RegularizerTerm,
                                     group_objective_problem, policy_update)
 
@@ -221,7 +222,8 @@ class OnlineStep:
         # logs how far its log-probs are) and nothing but the policy loss reading old log-probs, none are
         # computed before the update. A replay part turns it off: the batch it hands back is trained on again after
         # the weights moved, so its ratios need the log-probs of the policy that sampled it, kept in the batch
-        self.old_in_update = (self.replay is None and cfg.rollout.recompute_logprobs is None and self.engine.shares_weights
+        self.old_in_update = (self.replay is None
+                              and cfg.rollout.recompute_logprobs is None and self.engine.shares_weights
                               and not self.collector.off_policy
                               and tc.ppo_epochs == 1 and self.reference is None and not self.regularizers
                               and not self.selections and "old_logprobs" not in needed_inputs(self.adv_fn))
@@ -252,8 +254,8 @@ class OnlineStep:
             objects["critic"] = self.critic
         if self.collector.filter_state.stateful:  # a curriculum's state (decs_curriculum)
             objects["group_filters"] = self.collector.filter_state
-        if self.replay is not None:  # its history of batch means (a cached batch is not saved)
-            objects["replay"] = self.replay
+        if self.replay is not None:  # e.g. a history of batch means and the batch it will replay
+            objects["replay"] = ReplayState(self.replay)
         return objects
 
     def data_sources(self) -> list[dict[str, Any]]:
