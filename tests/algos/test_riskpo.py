@@ -122,7 +122,7 @@ G4 = torch.tensor([0.0, -0.4, -17 / 7, -0.4], dtype=torch.float64)
 
 
 def _run(rewards=R4, ids=IDS4, width=3, **kw):
-    kw = {"bundle_size": 2, **kw}
+    kw = {"bundle_size": 2, "part_state": {}, **kw}
     adv, metrics = riskpo(rewards, ids, torch.ones(rewards.shape[0], width), **kw)
     return adv[:, 0], metrics, adv
 
@@ -185,7 +185,7 @@ def test_matches_the_reference_on_random_batches(credit, natural, norm, w_mix):
         rewards = [rewards[i] for i in perm]
         ids = [ids[i] * 3 + 11 for i in perm]  # ids need not be dense or sorted
         got, _ = riskpo(torch.tensor(rewards, dtype=torch.float64), torch.tensor(ids), torch.ones(len(ids), 2),
-                        bundle_size=3, quantile_down=A, quantile_up=B, w_mix=w_mix, natural_baseline=natural,
+                        part_state={}, bundle_size=3, quantile_down=A, quantile_up=B, w_mix=w_mix, natural_baseline=natural,
                         norm_by_std=norm, credit=credit)
         ref = _reference(rewards, ids, bundle_size=3, alpha=A, beta=B, w_mix=w_mix, natural=natural, norm=norm,
                          credit=credit)
@@ -216,12 +216,12 @@ def test_bundles_that_do_not_divide_the_batch_are_an_error():
 def test_bad_options_and_inputs_are_rejected():
     with pytest.raises(ValueError, match="quantile_down=0.9 must be below quantile_up=0.2"):
         _run(quantile_down=0.9, quantile_up=0.2)
-    with pytest.raises(ValueError, match="q_track_mode"):
-        _run(q_track_mode="track")
+    with pytest.raises(ValueError, match="q_track_mode='track' keeps its quantile tracker"):
+        _run(q_track_mode="track", part_state=None)
     with pytest.raises(ValueError, match="response_mask"):
-        riskpo(torch.ones(4), _ids(0, 0, 1, 1), torch.ones(3, 2), bundle_size=2)
+        riskpo(torch.ones(4), _ids(0, 0, 1, 1), torch.ones(3, 2), part_state={}, bundle_size=2)
     with pytest.raises(ValueError, match="finite"):
-        riskpo(torch.tensor([0.0, float("nan")]), _ids(0, 0), torch.ones(2, 1), bundle_size=1)
+        riskpo(torch.tensor([0.0, float("nan")]), _ids(0, 0), torch.ones(2, 1), part_state={}, bundle_size=1)
 
 
 def test_config_validation_refuses_bad_option_values():
@@ -233,7 +233,8 @@ def test_config_validation_refuses_bad_option_values():
     cfg = load_config(recipe, [])
     assert cfg.algo.advantage == "riskpo" and cfg.train.prompts_per_step % cfg.algo.advantage_kwargs["bundle_size"] == 0
     for bad in ("algo.advantage_kwargs.credit=mean", "algo.advantage_kwargs.quantile_up=1.0",
-                "algo.advantage_kwargs.bundle_size=0", "algo.advantage_kwargs.q_track_mode=track"):
+                "algo.advantage_kwargs.bundle_size=0", "algo.advantage_kwargs.q_track_mode=online",
+                "algo.advantage_kwargs.lr_q=0", "algo.advantage_kwargs.part_state=1"):
         with pytest.raises(ConfigError):
             load_config(recipe, [bad])
 
@@ -245,11 +246,11 @@ def test_config_validation_refuses_bad_option_values():
 def test_equal_rewards_give_exactly_zero(credit, natural, norm):
     for value in (0.0, 1.0, 0.37):
         rewards = torch.full((12,), value)
-        adv, _ = riskpo(rewards, _ids(*[g for g in range(4) for _ in range(3)]), torch.ones(12, 2), bundle_size=2,
+        adv, _ = riskpo(rewards, _ids(*[g for g in range(4) for _ in range(3)]), torch.ones(12, 2), part_state={}, bundle_size=2,
                         credit=credit, natural_baseline=natural, norm_by_std=norm)
         assert torch.equal(adv, torch.zeros_like(adv))
     # one response per prompt: one paper per bundle, a = b = X
-    adv, _ = riskpo(torch.tensor([1.0, 0.0, 1.0, 1.0]), _ids(0, 1, 2, 3), torch.ones(4, 2), bundle_size=2,
+    adv, _ = riskpo(torch.tensor([1.0, 0.0, 1.0, 1.0]), _ids(0, 1, 2, 3), torch.ones(4, 2), part_state={}, bundle_size=2,
                     credit=credit, natural_baseline=natural, norm_by_std=norm)
     assert torch.equal(adv, torch.zeros_like(adv))
 
@@ -263,7 +264,7 @@ def test_a_constant_question_in_a_mixed_bundle_still_takes_its_paper_weight():
 
 def test_masked_tokens_are_zero_and_dtype_kept():
     mask = torch.tensor([[1, 1, 0]] * 8)
-    adv, _ = riskpo(R4.float(), IDS4, mask, bundle_size=2)
+    adv, _ = riskpo(R4.float(), IDS4, mask, part_state={}, bundle_size=2)
     assert adv.dtype == torch.float32
     assert (adv[:, 2] == 0).all() and (adv[:, 0] == adv[:, 1]).all()
 
@@ -375,3 +376,68 @@ def test_tracked_quantiles_reach_the_weight():
     g0 = -0.4 / 0.7
     g1 = (1.5 * (-1 / 0.2) + (-3 / 0.7)) / 2.5
     assert torch.allclose(adv, torch.tensor([g0, g1] * 3, dtype=torch.float64))
+
+
+# ----- the online tracker inside the part (q_track_mode track / mix, state in part_state) ---------------
+# A second batch with paper scores X' = [2, 2, 1, 0] (bundle of the two questions above, other rewards).
+R4B = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+X4, X4B = torch.tensor([2.0, 1.0, 0.0, 1.0], dtype=torch.float64), torch.tensor([2.0, 2.0, 1.0, 0.0], dtype=torch.float64)
+
+
+def _expected(x: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    g, _, _ = mvar_weight(x, a, b, alpha=A, beta=B, w_mix=1.5, natural_baseline=True)
+    return torch.cat([g, g])  # uniform credit, no std normalisation: both questions take their paper's g
+
+
+@pytest.mark.parametrize("mode", ["track", "mix"])
+def test_tracker_starts_from_the_first_batch_then_sets_the_quantiles(mode):
+    from rlfold.algos.riskpo import tracked_quantiles
+
+    state: dict = {}
+    kw = {"q_track_mode": mode, "part_state": state, "norm_by_std": False, "credit": "uniform"}
+    first, m1, _ = _run(**kw)
+    assert torch.allclose(first, torch.cat([G4, G4]), atol=1e-12)  # the first step: the batch quantiles
+    q1 = state["riskpo"]["q"]
+    assert torch.allclose(q1, quantile_tracker_init(X4))  # started at the first batch's empirical quantiles
+    assert tracked_quantiles(q1, A, B) == pytest.approx((0.6, 1.7))  # grid levels 0.20 and 0.90
+    assert m1["riskpo/tracked_q_down"] == pytest.approx(0.6)
+    second, m2, _ = _run(R4B, **kw)
+    ta, tb = 0.6, 1.7  # from the tracker as it was before this batch
+    ba, bb = _quantile(X4B.tolist(), A), _quantile(X4B.tolist(), B)  # 0.6 and 2.0
+    a, b = (ta, tb) if mode == "track" else ((ta + ba) / 2, (tb + bb) / 2)
+    assert torch.allclose(second, _expected(X4B, a, b), atol=1e-12)
+    assert not torch.allclose(second, _expected(X4B, ba, bb), atol=1e-6)  # the tracker did change the weights
+    assert m2["riskpo/q_down_mean"] == pytest.approx(a) and m2["riskpo/q_up_mean"] == pytest.approx(b)
+    assert torch.allclose(state["riskpo"]["q"], quantile_tracker_step(q1, X4B, 0.1))
+
+
+def test_batch_mode_leaves_the_part_state_alone():
+    state: dict = {}
+    _run(part_state=state)
+    assert state == {}
+
+
+@pytest.mark.slow
+def test_tracked_run_checkpoints_the_tracker_and_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from rlfold.cli import main
+
+    common = ["train.prompts_per_step=5", "eval.size=8", "eval.every=0", "checkpoint.every=1", "log.progress=false",
+              "threads=1", "algo.advantage_kwargs.q_track_mode=track", "rollout.max_new_tokens=6"]
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    assert main(["train", "riskpo", f"run_dir={whole}", "train.steps=3", *common]) == 0
+    assert main(["train", "riskpo", f"run_dir={half}", "train.steps=2", *common]) == 0
+    saved = torch.load(half / "checkpoints" / "step_0000002" / "trainer_state.pt", weights_only=True)
+    assert saved["part_state"]["riskpo"]["q"].shape == (19,)  # the tracker is in the checkpoint
+    assert main(["train", "riskpo", "train.steps=3", *common, "--resume", str(half)]) == 0
+
+    def rows(run):
+        return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"riskpo/tracked' in x]
+
+    a, b = rows(whole), rows(half)
+    assert [r["step"] for r in a] == [1, 2, 3] and [r["step"] for r in b] == [1, 2, 3]
+    assert [r["riskpo/tracked_q_down"] for r in a] == [r["riskpo/tracked_q_down"] for r in b]
+    assert [r["riskpo/q_down_mean"] for r in a] == [r["riskpo/q_down_mean"] for r in b]
+    wa, wb = load_file(whole / "final" / "model.safetensors"), load_file(half / "final" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

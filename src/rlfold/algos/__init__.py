@@ -12,6 +12,7 @@ from rlfold.algos import advantages, aggregation, critic, group_filters, kl, pol
 from rlfold.algos import hdpo  # noqa: F401  (registers the hdpo advantage)
 from rlfold.algos import aepo  # noqa: F401  (registers aepo_clip and aepo_entropy_advantage)
 from rlfold.algos import d3s  # noqa: F401  (registers the d3s_samples and d3s_tokens selections)
+from rlfold.algos import cepo  # noqa: F401  (registers the cepo selection)
 from rlfold.algos import mhpo  # noqa: F401  (registers the mhpo policy loss)
 from rlfold.algos import entropy_cov  # noqa: F401  (registers the clip_cov and kl_cov policy losses)
 from rlfold.algos import adora  # noqa: F401  (registers the adora advantage)

@@ -15,10 +15,10 @@ by a credit rule. The official code is RTkenny/RiskPO, ``verl/trainer/ppo/core_a
 (``compute_grpo_bundle_rvar_outcome_advantage_quantile_tracking``) and ``ray_trainer.py`` (bundles,
 quantile tracking).
 
-The online quantile tracker of the paper (``use_q_track_mode`` track / mix) keeps state across steps;
-advantage parts are stateless today, so the registered part computes the batch quantiles
-(``q_track_mode: batch``) and the tracker is given here as pure functions (``quantile_tracker_init``,
-``quantile_tracker_step``, ``tracked_quantiles``) for a stateful caller.
+The online quantile tracker of the paper (``use_q_track_mode`` track / mix) keeps state across steps:
+the tracker is pure functions (``quantile_tracker_init``, ``quantile_tracker_step``, ``tracked_quantiles``)
+and the registered part keeps its value under the key ``riskpo`` of the trainer input ``part_state``
+(the run's checkpointed dict of part state), so a resumed run tracks on exactly.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from rlfold.algos.advantages import ADVANTAGES, Eps, _broadcast, _check_inputs
 from rlfold.core.options import group_relative
+from rlfold.core.registry import needs
 
 __all__ = [
     "QUANTILE_GRID",
@@ -240,8 +241,12 @@ def mvar_advantage(
     return adv, cat["x"], metrics
 
 
+STATE_KEY = "riskpo"  # the part's key in ``part_state``: {"q": the tracked quantiles [19] float64}
+
+
 @ADVANTAGES.register("riskpo")
 @group_relative
+@needs("part_state")
 def riskpo(
     rewards: Tensor,
     group_ids: Tensor,
@@ -254,8 +259,10 @@ def riskpo(
     natural_baseline: bool = True,
     norm_by_std: bool = True,
     credit: Credit = "uniform",
-    q_track_mode: Literal["batch"] = "batch",
+    q_track_mode: Literal["batch", "track", "mix"] = "batch",
+    lr_q: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.1,
     eps: Eps = 1e-6,
+    part_state: dict | None,
 ) -> tuple[Tensor, dict[str, float]]:
     """RiskPO Mixed-VaR bundle advantage (Ren et al. 2025, RiskPO, arXiv 2510.00911).
 
@@ -271,14 +278,30 @@ def riskpo(
     that sum is <= 1e-6 in size. Constant groups are not zeroed (a question whose rewards are equal
     still takes its paper's weight); a bundle whose rewards are all equal gets exactly 0. The paper's
     ``use_mean_as_baseline`` (trapezoid baseline over the tracked grid) is not offered.
+
+    ``q_track_mode``: ``track`` takes a, b from the online tracker (``quantile_tracker_step`` with rate
+    ``lr_q`` over the 19-level grid, the grid levels nearest alpha and beta), ``mix`` the average of the
+    tracked and the batch quantiles; at the first step both use the batch quantiles, and the tracker starts
+    at that batch's empirical quantiles (the official order: this batch's a, b come from the tracker before
+    it sees this batch). Its value lives in ``part_state["riskpo"]`` (checkpointed).
     """
     _check_inputs(rewards, group_ids, response_mask)
-    if q_track_mode != "batch":
-        raise ValueError(f"riskpo: q_track_mode={q_track_mode!r} needs advantage state; only 'batch' is supported")
     rewards = (rewards if rewards.dtype.is_floating_point else rewards.float()).detach()
     if rewards.numel() == 0:
         return _broadcast(torch.zeros_like(rewards), response_mask), {}
-    adv, _, metrics = mvar_advantage(
+    tracking = q_track_mode != "batch"
+    if tracking and part_state is None:
+        raise ValueError(f"riskpo: q_track_mode={q_track_mode!r} keeps its quantile tracker in the trainer input "
+                         "'part_state', which this caller did not pass")
+    q = (part_state.get(STATE_KEY) or {}).get("q") if tracking else None
+    tracked = tracked_quantiles(q, quantile_down, quantile_up) if q is not None else None
+    adv, x, metrics = mvar_advantage(
         rewards, group_ids, bundle_size=bundle_size, quantile_down=quantile_down, quantile_up=quantile_up,
-        w_mix=w_mix, natural_baseline=natural_baseline, norm_by_std=norm_by_std, credit=credit, eps=eps)
+        w_mix=w_mix, natural_baseline=natural_baseline, norm_by_std=norm_by_std, credit=credit, eps=eps,
+        q_track_mode=q_track_mode, tracked=tracked)
+    if tracking:
+        new_q = quantile_tracker_update(q, x, lr_q)
+        part_state[STATE_KEY] = {"q": new_q}
+        a, b = tracked_quantiles(new_q, quantile_down, quantile_up)
+        metrics.update({"riskpo/tracked_q_down": a, "riskpo/tracked_q_up": b})
     return _broadcast(adv, response_mask), metrics

@@ -42,6 +42,7 @@ class StepContext:
     ref_logprobs: Tensor | None = None  # [N, R] log-probs of the reference model (stage 2), None without one
     model: Any = None             # the policy being trained (inputs that score other contexts with it, no grad)
     autocast: Any = None          # the update's precision context factory (models.placement.Autocast)
+    part_state: dict[str, Any] = field(default_factory=dict)  # state of stateful parts (input ``part_state``)
 
 
 Provider = Callable[[StepContext], Any]
@@ -72,6 +73,19 @@ def _train_progress(ctx: StepContext) -> Tensor:
         raise RuntimeError("a part needs 'train_progress' but the step does not know the run's total steps")
     p = min(max(ctx.step / max(ctx.total_steps - 1, 1), 0.0), 1.0)
     return torch.full((ctx.group_ids.shape[0],), p, dtype=torch.float64)
+
+
+@INPUTS.register("train_step")
+def _train_step(ctx: StepContext) -> Tensor:
+    """[N] float64: the step index (0 at the run's first step), the same on every row."""
+    return torch.full((ctx.group_ids.shape[0],), float(ctx.step), dtype=torch.float64)
+
+
+@INPUTS.register("part_state")
+def _part_state(ctx: StepContext) -> dict[str, Any]:
+    """The run's checkpointed dict of part state: a part that keeps state across steps (RiskPO's quantile
+    tracker) reads and writes plain data under its own key; the same dict at every step."""
+    return ctx.part_state
 
 
 @INPUTS.register("old_logprobs")
@@ -168,9 +182,11 @@ def token_char_ends(tokenizer: Any, ids: Tensor, mask: Tensor, window: int = _DE
 
 
 def take_rows(inputs: dict[str, Any], rows: Tensor) -> dict[str, Any]:
-    """Each provided input restricted to (or resampled as) ``rows``: tensors indexed, lists picked."""
+    """Each provided input restricted to (or resampled as) ``rows``: tensors indexed, lists picked; the
+    ``part_state`` dict (not per row) as it is."""
     picked = rows.tolist()
-    return {k: v[rows] if isinstance(v, Tensor) else [v[i] for i in picked] for k, v in inputs.items()}
+    return {k: v if isinstance(v, dict) else v[rows] if isinstance(v, Tensor) else [v[i] for i in picked]
+            for k, v in inputs.items()}
 
 
 def provide(names: tuple[str, ...], ctx: StepContext) -> dict[str, Any]:
@@ -179,3 +195,6 @@ def provide(names: tuple[str, ...], ctx: StepContext) -> dict[str, Any]:
 
 
 __all__ = ["INPUTS", "Provider", "StepContext", "provide", "take_rows", "token_char_ends"]
+
+# Providers defined in their own modules register here, so that they are available wherever INPUTS is.
+from rlfold.trainers import teacher_inputs as _teacher_inputs  # noqa: E402,F401  (registers cepo_delta)

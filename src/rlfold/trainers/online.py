@@ -61,6 +61,7 @@ from rlfold.trainers.reference import build_reference
 from rlfold.trainers.schedule import make_scheduler
 from rlfold.trainers.scoring import Scorer, reward_problem
 from rlfold.trainers.sft import SFTTerm
+from rlfold.trainers.state import PartState
 from rlfold.trainers.replay_state import ReplayState
 from rlfold.trainers.update import (EntropyTerm, KLTerm, PolicyTerm, PreparedBatch, RegularizerTerm,
                                     group_objective_problem, policy_update)
@@ -183,6 +184,9 @@ class OnlineStep:
         self.kl = KLController(a)
         self.selections = [(SELECTIONS.get(sp.name), sp.kwargs) for sp in a.selection]
         self.replay: Replay | None = REPLAYS.get(a.replay.name)(**a.replay.kwargs) if a.replay is not None else None
+        self.part_state = PartState()  # what stateful parts keep across steps (input part_state), checkpointed
+        self.stateful_parts = any("part_state" in needed_inputs(fn)
+                                  for fn in [self.adv_fn, *(f for f, _ in self.selections)])
         self.critic = (Critic(cfg.critic, cfg.train, cfg.model, self.module, dtype)
                        if "values" in needed_inputs(self.adv_fn) else None)
         self.sft = SFTTerm(self.module, self.tokenizer, a.sft_coef) if a.sft_coef > 0 else None
@@ -254,6 +258,8 @@ class OnlineStep:
             objects["critic"] = self.critic
         if self.collector.filter_state.stateful:  # a curriculum's state (decs_curriculum)
             objects["group_filters"] = self.collector.filter_state
+        if self.stateful_parts:  # parts that keep state across steps (input part_state)
+            objects["part_state"] = self.part_state
         if self.replay is not None:  # e.g. a history of batch means and the batch it will replay
             objects["replay"] = ReplayState(self.replay)
         return objects
@@ -301,7 +307,7 @@ class OnlineStep:
                           token_rewards=token_rewards, group_ids=s.group_ids, collector=self.collector,
                           critic=self.critic, per_fn=s.per_fn, tokenizer=self.tokenizer,
                           total_steps=self.cfg.train.steps, old_logprobs=lp.old, ref_logprobs=lp.ref,
-                          model=self.module, autocast=self.autocast)
+                          model=self.module, autocast=self.autocast, part_state=self.part_state)
         t0 = time.perf_counter()
         problem = reward_problem(rewards, token_rewards, s.roll.response_mask)
         adv = torch.full(s.roll.response_mask.shape, float("nan"))  # logged as such when never computed

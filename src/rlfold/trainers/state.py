@@ -68,6 +68,19 @@ class Counters:
         self.values.update(state)
 
 
+class PartState(dict):
+    """The run's state of stateful parts (trainer input ``part_state``): a dict in which each part keeps plain
+    data under its own key (RiskPO's quantile tracker under ``riskpo``), checkpointed with the run. Loading
+    replaces the whole dict, so an interrupted step's additions are undone with the rest of its state."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clear()
+        self.update(state)
+
+
 _SCALARS = (str, int, float, bool, type(None))
 
 
