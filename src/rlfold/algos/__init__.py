@@ -19,12 +19,14 @@ from rlfold.algos import adora  # noqa: F401  (registers the adora advantage)
 from rlfold.algos import sign_reinforce  # noqa: F401  (registers w_reinforce and the psr_nsr selection)
 from rlfold.algos import unlikeliness  # noqa: F401  (registers the unlikeliness advantage)
 from rlfold.algos import ace  # noqa: F401  (registers the ace advantage)
+from rlfold.algos import copg  # noqa: F401  (registers the copg advantage: online CoPG)
 from rlfold.algos import riskpo  # noqa: F401  (registers the riskpo advantage)
 from rlfold.algos import spans  # noqa: F401  (registers the after_marker selection)
 from rlfold.algos import disco  # noqa: F401  (registers the disco and drpo policy losses)
 from rlfold.algos import preference  # noqa: F401  (registers PREFERENCE_LOSSES)
 from rlfold.algos import occupancy, regularizers  # noqa: F401  (registers REGULARIZERS: chi2_occupancy)
 from rlfold.algos import pipo  # noqa: F401  (registers the pipo replay part)
+from rlfold.algos import spae  # noqa: F401  (registers the spae advantage)
 from rlfold.algos.replay import REPLAYS
 from rlfold.algos.advantages import ADVANTAGES
 from rlfold.algos.aggregation import AGGREGATIONS, Aggregation, aggregate

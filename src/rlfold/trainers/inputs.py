@@ -198,3 +198,4 @@ __all__ = ["INPUTS", "Provider", "StepContext", "provide", "take_rows", "token_c
 
 # Providers defined in their own modules register here, so that they are available wherever INPUTS is.
 from rlfold.trainers import teacher_inputs as _teacher_inputs  # noqa: E402,F401  (registers cepo_delta)
+from rlfold.trainers import step_potential as _step_potential  # noqa: E402,F401  (registers spae_steps, spae_potential)
