@@ -140,7 +140,7 @@ def test_beta0_k2_gradient_is_rloo_and_half_the_pair_contrastive_gradient():
     assert torch.allclose(g_copg, 0.5 * logp.grad, atol=1e-6, rtol=0)
     assert g_copg.abs().max() > 0.1  # the comparison is not between zeros
     # direct call without a reference model at beta = 0
-    a_noref, _ = COPG(r, ids, mask, old_logprobs=logp0, beta=0.0)
+    a_noref, _ = COPG(r, ids, mask, old_logprobs=logp0, ref_logprobs=None, beta=0.0)
     assert torch.equal(a_noref, a_copg)
 
 
@@ -219,7 +219,7 @@ def test_bad_inputs_are_refused():
     old, ref, mask = _logprobs([0.1, 0.2])
     r, ids = torch.tensor([1.0, 0.0]), torch.tensor([0, 0])
     with pytest.raises(ValueError, match="needs ref_logprobs"):
-        COPG(r, ids, mask, old_logprobs=old, beta=0.1)
+        COPG(r, ids, mask, old_logprobs=old, ref_logprobs=None, beta=0.1)
     with pytest.raises(ValueError, match="beta"):
         COPG(r, ids, mask, old_logprobs=old, ref_logprobs=ref, beta=-1.0)
     with pytest.raises(ValueError, match="ref_logprobs must have the shape"):

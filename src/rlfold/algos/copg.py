@@ -76,7 +76,7 @@ def copg(
     response_mask: Tensor,
     *,
     old_logprobs: Tensor,
-    ref_logprobs: Tensor | None = None,
+    ref_logprobs: Tensor | None,
     beta: Beta = 0.1,
 ) -> tuple[Tensor, dict[str, float]]:
     """Online CoPG contrastive advantage on the regularised reward (Flet-Berliac et al. 2024, arXiv 2406.19185).
