@@ -175,7 +175,7 @@ def test_every_option_is_checkable_and_its_default_fits(kind, name, fn):
 def test_group_relative_parts_are_declared_not_named():
     declared = {n for n in R.ADVANTAGES.names() if is_group_relative(R.ADVANTAGES.get(n))}
     assert declared == {"grpo", "dr_grpo", "rloo", "opo", "grpo_passk", "reinforce_pp_baseline", "decs", "hdpo",
-                        "unlikeliness", "adora", "ace", "riskpo"}
+                        "unlikeliness", "adora", "ace", "riskpo", "copg", "spae"}
     assert is_group_relative(R.GROUP_FILTERS.get("dynamic_sampling"))
     assert is_group_relative(R.SHAPINGS.get("empo"))
 
