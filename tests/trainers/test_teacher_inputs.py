@@ -17,6 +17,8 @@ from rlfold.models import load_model_and_tokenizer
 from rlfold.trainers.inputs import INPUTS, StepContext, provide
 from rlfold.trainers.teacher_inputs import DEFAULT_HINT, make_cepo_delta, read_answer, wrong_answers
 
+from _rollout_batch import hand_batch as _batch  # noqa: E402
+
 RECIPE = Path(__file__).resolve().parents[2] / "src/rlfold/recipes/cepo.yaml"
 TINY_RUN = ["train.steps=2", "train.prompts_per_step=2", "rollout.n=4", "task.held_out_size=4", "eval.size=4",
             "log.progress=false", "checkpoint.every=0", "threads=1"]
@@ -26,23 +28,6 @@ TINY_RUN = ["train.steps=2", "train.prompts_per_step=2", "rollout.n=4", "task.he
 def tiny():
     torch.manual_seed(0)
     return load_model_and_tokenizer("tiny-arith")
-
-
-def _batch(tok, prompts: list[Prompt], texts: list[str]) -> RolloutBatch:
-    """A rollout batch as the engine makes it: left-padded prompts, right-padded responses ending in eos."""
-    p_rows = [tok(p.text, add_special_tokens=True)["input_ids"] for p in prompts]
-    r_rows = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
-    n, pw, rw = len(texts), max(map(len, p_rows)), max(map(len, r_rows)) + 1  # one padding column at least
-    pid = tok.pad_token_id
-    p_ids, p_mask = torch.full((n, pw), pid), torch.zeros(n, pw, dtype=torch.long)
-    r_ids, r_mask = torch.full((n, rw), pid), torch.zeros(n, rw, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(p_rows, r_rows)):
-        p_ids[i, pw - len(p):], p_mask[i, pw - len(p):] = torch.tensor(p), 1
-        r_ids[i, : len(r)], r_mask[i, : len(r)] = torch.tensor(r), 1
-    zeros = torch.zeros(n, rw)
-    return RolloutBatch(prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids, response_mask=r_mask,
-                        sample_logprobs=zeros, policy_logprobs=zeros.clone(), finish_reasons=[FINISH_STOP] * n,
-                        response_texts=list(texts))
 
 
 # Group 0: one right, two wrong with the lowest score (r- = "5", the first of them). Group 1: another prompt,
