@@ -16,6 +16,7 @@ from rlfold.core.registry import (
 )
 from rlfold.core.errors import dotted
 from rlfold.core.config_preference import PreferenceConfig
+from rlfold.core.config_guidance import GuidanceConfig
 from rlfold.core.config_reward_modeling import RewardModelingConfig
 from rlfold.core.options import is_group_relative, literal_choices
 from rlfold.core.suggest import closest
@@ -368,6 +369,10 @@ class EvalConfig(_Strict):
                                         "states, for val/<task>/ece (10 equal-width bins), val/<task>/brier and "
                                         "val/<task>/confidence_invalid (unreadable ones count as 0.5); None: not "
                                         "measured")
+    kl_to_reference: bool = Field(
+        False, description="also measure val/<task>/kl_ref: KL(pi || pi_ref) of the sampled pass@k responses, the "
+                           "sum over their tokens of log pi - log pi_ref (nats per response), pi_ref the base model; "
+                           "costs one reference forward per evaluation")
 
 
 class RayConfig(_Strict):
@@ -414,7 +419,8 @@ class RunConfig(_Strict):
 
     name: str = Field("run", description="run name (the default run directory starts with it)")
     trainer: str = Field("online", description="registered trainer step the run loop calls: online (RL), "
-                                               "preference (DPO family), reward_modeling (Bradley-Terry)")
+                                               "preference (DPO family), reward_modeling (Bradley-Terry), "
+                                               "guided_decoding (Q♯: value-guided decoding of the reference)")
     imports: list[str] = Field(
         default_factory=list,
         description="Python modules or .py files imported before validation, to register custom parts",
@@ -463,6 +469,9 @@ class RunConfig(_Strict):
                                                       "preference dataset of trainer: reward_modeling")
     reward_modeling: RewardModelingConfig = Field(
         default_factory=RewardModelingConfig, description="the reward-model objective (trainer: reward_modeling)")
+    guidance: GuidanceConfig = Field(
+        default_factory=GuidanceConfig, description="value-guided decoding of π_ref (trainer: guided_decoding, Q♯): the value "
+                                                  "model's data and updates, and the guidance strength η")
 
     @model_validator(mode="after")
     def _check_parts(self) -> "RunConfig":

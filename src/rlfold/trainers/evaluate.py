@@ -4,7 +4,7 @@ confidence, expected calibration error and Brier score."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -78,6 +78,7 @@ def evaluate(
     batch_size: int = 256,
     group_key: str | None = None,
     confidence: str | None = None,
+    reference: Any = None,
 ) -> dict[str, float]:
     """``acc`` (greedy), ``pass@k`` (k samples at temperature 1) and ``length`` (greedy tokens).
 
@@ -87,10 +88,14 @@ def evaluate(
 
     A multi-turn engine's per-episode extras (``turns``, ``tools/calls``, ...) of the greedy episodes are
     averaged as ``<key>/mean``. With ``group_key``, the greedy accuracy and those means are also given per
-    value of that dataset column, as ``acc/<value>`` and ``<key>/mean/<value>``."""
+    value of that dataset column, as ``acc/<value>`` and ``<key>/mean/<value>``.
+
+    With ``reference`` (a ``trainers.reference.Reference``), ``kl_ref`` is KL(π ‖ π_ref) per response,
+    estimated on the k samples (drawn from π itself, at temperature 1) as the mean over them of
+    Σ_t log π(y_t) − log π_ref(y_t), with the engine's exact policy log-probs."""
     read = CONFIDENCE_PARSERS.get(confidence) if confidence is not None else None
     stated: list[float | None] = []
-    correct, lengths, passes = 0.0, 0.0, 0.0
+    correct, lengths, passes, kl_sum = 0.0, 0.0, 0.0, 0.0
     greedy = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, n=1)
     sampled = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=k)
     per_row: dict[str, list[float]] = {"acc": []}
@@ -114,8 +119,13 @@ def evaluate(
                                 rollout_extras=extras_rows(roll.extras, roll.size))
         for c in (scores.view(len(chunk), k) > 0.5).sum(1).tolist():
             passes += pass_at_k(k, int(c), k)
+        if reference is not None:
+            mask = roll.response_mask.float()
+            kl_sum += float(((roll.policy_logprobs - reference.logprobs(roll).to(mask.device)) * mask).sum())
     n = len(prompts)
     out = {"acc": correct / n, f"pass@{k}": passes / n, "length": lengths / n}
+    if reference is not None:
+        out["kl_ref"] = kl_sum / (n * k)
     out.update({key: sum(v) / len(v) for key, v in per_row.items() if key != "acc" and len(v) == n})
     if read is not None:
         out.update(calibration_metrics(stated, [float(x > 0.5) for x in per_row["acc"]]))

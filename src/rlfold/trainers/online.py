@@ -169,6 +169,8 @@ class OnlineStep:
         needs_ref = (a.kl_coef > 0 or "ref_logprobs" in needed_inputs(self.adv_fn)
                      or any("ref_logprobs" in needed_inputs(p) for p, _ in self.regularizers))
         self.reference = build_reference(self.policy, cfg.model.path, dtype) if needs_ref else None
+        self.eval_reference = (self.reference or build_reference(self.policy, cfg.model.path, dtype)
+                               if cfg.eval.kl_to_reference else None)  # for val/<task>/kl_ref
         policy_fn = POLICY_LOSSES.get(a.policy_loss)
         tc = cfg.train
         problem = group_objective_problem(policy_fn, a.policy_loss, loss_agg=a.loss_agg, n=cfg.rollout.n,
@@ -285,7 +287,7 @@ class OnlineStep:
     def _evaluate(self, ec: Any) -> dict[str, float]:
         return evaluate(self.eval_engine, self.task.held_out[: ec.size], reward=self.cfg.accuracy_reward, k=ec.pass_k,
                         max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.seed + 7,
-                        group_key=ec.group_key, confidence=ec.confidence)
+                        group_key=ec.group_key, confidence=ec.confidence, reference=self.eval_reference)
 
     def close(self) -> None:
         """Stop what runs in the background (an asynchronous collector's thread); called at every run end."""
