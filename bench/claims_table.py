@@ -37,6 +37,11 @@ EQUAL_ACC_POINTS = 3.0  # "equal accuracy" / "at least matches": within this man
 # pass@k rows: two-digit addition saturates pass@16 (GRPO 99%), so they add the harder level 3 (base pass@16 3%)
 HARDER = ("task.levels=[2, 3]",)
 EARLY_STEPS = 30  # "learns faster per step": both compared after 30 of the 100 steps
+# ACRE's row: the multiple-choice task and its base, with the shuffled-options re-ask measuring consistency (GRPO's
+# baseline keeps the plain letter reward, choice_match)
+CHOICE = ("model.path=tiny-choice-arith", "task.name=choice_arith", "accuracy_reward=choice_match",
+          "rollout.followup={name: shuffled_options}", "rollout.max_new_tokens=10")
+EVERY_RUN = (f"eval.pass_k={PASS_K}", "eval.kl_to_reference=true")  # held-out KL(π ‖ π_ref) of every run
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Claim:
     holds: Callable[[dict[str, float], dict[str, float], dict[str, float]], bool]  # (recipe means, GRPO means,
     # GRPO's std over seeds) -> reproduced? A "higher" claim must beat GRPO's mean by more than GRPO's seed std.
     setting: tuple[str, ...] = ()  # overrides of this row and of its GRPO baseline (e.g. a harder task)
+    baseline_only: tuple[str, ...] = ()  # overrides of the GRPO baseline alone (its reward on another task)
 
 
 def _within(r: dict[str, float], g: dict[str, float]) -> bool:
@@ -93,6 +99,10 @@ OPTIONAL = [  # rows whose recipe ships later; skipped while it is absent
           lambda r, g, sd: r["replayed"] > 0 and _at_least(r, g)),
     Claim("cepo", f"learns faster per step than GRPO (higher accuracy after {EARLY_STEPS} steps)",
           ("acc", "acc_gain"), _higher("acc"), (f"train.steps={EARLY_STEPS}",)),
+    Claim("q_sharp", "raises accuracy at a lower KL to the reference than RL", ("acc", "kl_ref", "acc_gain"),
+          lambda r, g, sd: r["acc_gain"] > 0 and r["kl_ref"] < g["kl_ref"]),
+    Claim("acre", "raises answer consistency across option orders", ("consistency", "acc"),
+          _higher("consistency"), CHOICE, ("rewards=[{name: choice_match, weight: 1.0}]",)),
 ]
 
 
@@ -100,10 +110,10 @@ def available_claims() -> list[Claim]:
     return [c for c in CLAIMS + OPTIONAL if (RECIPES_DIR / f"{c.recipe}.yaml").is_file()]
 
 
-def train(recipe: str, seed: int, threads: int, overrides: list[str],
-          setting: tuple[str, ...] = ()) -> dict[str, float]:
-    """Train ``recipe`` once (with the row's ``setting`` overrides); the row's figures."""
-    rows, minutes, _, task = fit_recipe(recipe, seed, threads, [f"eval.pass_k={PASS_K}", *setting, *overrides])
+def train(recipe: str, seed: int, threads: int, overrides: list[str], setting: tuple[str, ...] = (),
+          extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """Train ``recipe`` once (with the row's ``setting`` and ``extra`` overrides); the row's figures."""
+    rows, minutes, _, task = fit_recipe(recipe, seed, threads, [*EVERY_RUN, *setting, *extra, *overrides])
     evals = [r for r in rows if f"val/{task}/acc" in r]
     steps = [r for r in rows if r.get("step", 0) > 0 and "actor/entropy" in r]
     first, last = evals[0], evals[-1]
@@ -111,6 +121,9 @@ def train(recipe: str, seed: int, threads: int, overrides: list[str],
     return {"recipe": recipe, "setting": " ".join(setting), "seed": seed, "minutes": minutes, "steps": len(steps),
             "acc": last[f"val/{task}/acc"], "acc_gain": last[f"val/{task}/acc"] - first[f"val/{task}/acc"],
             f"pass@{PASS_K}": last[f"val/{task}/pass@{PASS_K}"], "length": last[f"val/{task}/length"],
+            "kl_ref": last.get(f"val/{task}/kl_ref", float("nan")),
+            # the shuffled_options follow-up: share of greedy held-out choices that held when re-asked
+            "consistency": last.get(f"val/{task}/followup/consistent/mean", float("nan")),
             "entropy": statistics.fmean(r["actor/entropy"] for r in tail) if tail else float("nan"),
             "tokens": float(sum(r.get("train/loss_tokens", 0.0) for r in steps)),
             # share of steps on which a replay part (algo.replay) trained a batch once more
@@ -135,15 +148,16 @@ def _sds(rows: list[dict], recipe: str, setting: str = "") -> dict[str, float]:
 
 def _cell(rows: list[dict], recipe: str, key: str, setting: str = "") -> str:
     xs = [r[key] for r in _of(rows, recipe, setting)]
-    scale, fmt = (100, "{:.1f}") if key in ("acc", "acc_gain", "replayed") or key.startswith("pass@") else (
-        (1e-3, "{:.1f}k") if key == "tokens" else (1, "{:.3f}" if key == "entropy" else "{:.1f}"))
+    scale, fmt = (100, "{:.1f}") if key in ("acc", "acc_gain", "replayed", "consistency") or key.startswith(
+        "pass@") else (
+        (1e-3, "{:.1f}k") if key == "tokens" else (1, "{:.3f}" if key in ("entropy", "kl_ref") else "{:.1f}"))
     mean, sd = statistics.fmean(xs) * scale, statistics.pstdev(xs) * scale
     return f"{fmt.format(mean)} ± {fmt.format(sd).rstrip('k')}"
 
 
 UNITS = {"acc": "acc (%)", "acc_gain": "acc gain (points)", f"pass@{PASS_K}": f"pass@{PASS_K} (%)",
          "entropy": "entropy (nats)", "tokens": "trained tokens", "length": "length (tokens)",
-         "replayed": "steps replayed (%)"}
+         "replayed": "steps replayed (%)", "kl_ref": "KL to π_ref (nats)", "consistency": "consistency (%)"}
 
 
 def table(rows: list[dict]) -> str:
@@ -184,11 +198,11 @@ def main() -> None:
         ap.error(f"no claim row for {', '.join(unknown)}; rows: {', '.join(known)}")
     torch.set_num_threads(args.threads)
     rows: list[dict] = []
-    settings = list(dict.fromkeys(known[n].setting for n in names))
-    runs = [(BASELINE, st) for st in settings] + [(n, known[n].setting) for n in names]
+    settings = list(dict.fromkeys((known[n].setting, known[n].baseline_only) for n in names))
+    runs = [(BASELINE, st, extra) for st, extra in settings] + [(n, known[n].setting, ()) for n in names]
     for seed in args.seeds:
-        for recipe, setting in runs:
-            row = train(recipe, seed, args.threads, args.overrides, setting)
+        for recipe, setting, extra in runs:
+            row = train(recipe, seed, args.threads, args.overrides, setting, extra)
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
             if args.json:

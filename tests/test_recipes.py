@@ -21,6 +21,7 @@ def test_the_issue_s_recipes_are_shipped():
 
 # The metrics every step of a trainer logs (the online trainer's unless listed).
 STEP_KEYS = {"online": ("reward/mean", "acc/mean", "actor/pg_loss", "actor/grad_norm", "timing_s/step"),
+             "guided_decoding": ("reward/mean", "value/loss", "value/acc", "timing_s/step"),
              "reward_modeling": ("rm/loss", "rm/accuracy", "rm/grad_norm", "timing_s/step"),
              "preference": ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                             "logps/chosen", "logps/rejected", "grad_norm", "timing_s/step")}

@@ -10,8 +10,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from rlfold.core.registry import (
-    ADVANTAGES, AGGREGATIONS, COLLECTORS, CONFIDENCE_PARSERS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS,
-    POLICY_LOSSES, PREFERENCE_LOSSES, REGULARIZERS, REPLAYS, REWARD_AGGREGATORS, REWARDS, SAMPLERS, SELECTIONS,
+    ADVANTAGES, AGGREGATIONS, COLLECTORS, CONFIDENCE_PARSERS, ENGINES, ENVIRONMENTS, FOLLOWUPS, GROUP_FILTERS,
+    KL_ESTIMATORS, POLICY_LOSSES, PREFERENCE_LOSSES, REGULARIZERS, REPLAYS, REWARD_AGGREGATORS, REWARDS, SAMPLERS, SELECTIONS,
     SHAPINGS, TASKS, TRACKERS, TRAINERS, needed_inputs, reward_check,
 )
 from rlfold.core.errors import dotted
@@ -159,6 +159,11 @@ class EnvSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the environment")
 
 
+class FollowupSpec(_Strict):
+    name: str = Field(description="registered follow-up question (shuffled_options, ...) asked after every response")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the follow-up")
+
+
 class RolloutConfig(_Strict):
     engine: str = Field("hf", description="registered rollout engine that generates the training rollouts (hf, vllm, "
                                              "vllm_server: docs/engines.md)")
@@ -167,6 +172,10 @@ class RolloutConfig(_Strict):
     eval_engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword options of the eval engine")
     env: Optional[EnvSpec] = Field(
         None, description="environment the model talks to between turns (None: single-turn generation)")
+    followup: Optional[FollowupSpec] = Field(
+        None, description="a second question asked greedily after every response, training and evaluation alike "
+                          "(ACRE's re-ask with shuffled options); its answers reach rewards as rollout_extras and "
+                          "evaluation as val/<task>/<extra>/mean, and are never trained on (None: none)")
     max_turns: int = Field(
         16, ge=1, description="multi-turn rollouts: model turns per episode at most (the environment may end sooner)")
     env_workers: int = Field(
@@ -496,6 +505,8 @@ class RunConfig(_Strict):
           + [(("algo", "group_filters", i, "name"), f.name, GROUP_FILTERS) for i, f in enumerate(self.algo.group_filters)] \
           + ([(("algo", "replay", "name"), self.algo.replay.name, REPLAYS)] if self.algo.replay else []) \
           + ([(("rollout", "env", "name"), self.rollout.env.name, ENVIRONMENTS)] if self.rollout.env else []) \
+          + ([(("rollout", "followup", "name"), self.rollout.followup.name, FOLLOWUPS)] if self.rollout.followup
+             else []) \
           + ([(("eval", "confidence"), self.eval.confidence, CONFIDENCE_PARSERS)] if self.eval.confidence else []) \
           + [(("log", "trackers", i), t, TRACKERS) for i, t in enumerate(self.log.trackers)]
         for loc, value, registry in checks:
@@ -532,6 +543,9 @@ class RunConfig(_Strict):
         elif self.eval.multi_turn:
             raise LocatedValueError(("eval", "multi_turn"), "eval.multi_turn runs held-out episodes in rollout.env, "
                                                              "but rollout.env is not set")
+        if self.rollout.followup is not None:
+            check_part_options(("rollout", "followup", "kwargs"), "follow-up question", self.rollout.followup.name,
+                               FOLLOWUPS.get(self.rollout.followup.name), self.rollout.followup.kwargs, n_positional=0)
         for i, spec in enumerate(a.selection):
             check_part_options(("algo", "selection", i, "kwargs"), "selection part", spec.name, SELECTIONS.get(spec.name),
                           spec.kwargs, n_positional=1, reserved=("generator",))

@@ -64,4 +64,21 @@ class Environment(Protocol):
     def step(self, state: Any, text: str, finish: str) -> EnvStep: ...
 
 
-__all__ = ["EnvStep", "Environment", "PromptSource"]
+class Followup(Protocol):
+    """A second question asked after each response, whose answer a reward or a metric reads (ACRE's re-ask
+    with shuffled options). Registered in ``FOLLOWUPS``, built as ``factory(**options)``, run by
+    ``rlfold.rollout.followup.FollowupEngine``: it asks ``questions`` greedily, ``max_new_tokens`` each, with
+    the rollout's own engine, and adds ``extras`` to the batch (numbers per row: the ``rollout_extras``
+    input of rewards, and ``<key>/mean`` in evaluation). The follow-up's tokens are never trained on."""
+
+    max_new_tokens: int
+
+    def questions(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[Prompt | None]:
+        """The prompt to ask after each row (its text is encoded as given), or None for a row that gets none."""
+
+    def extras(self, prompts: Sequence[Prompt], completions: Sequence[str],
+               answers: Sequence[str | None]) -> dict[str, list[float]]:
+        """Per-row numbers from the rows and the follow-up answers (None where none was asked)."""
+
+
+__all__ = ["EnvStep", "Environment", "Followup", "PromptSource"]

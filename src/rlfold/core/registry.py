@@ -155,4 +155,5 @@ PREFERENCE_LOSSES: Registry = Registry("preference loss")  # preference.loss: dp
 REGULARIZERS: Registry = Registry("regulariser")  # algo.regularizers: chi2_occupancy, ... (algos.regularizers)
 CONFIDENCE_PARSERS: Registry = Registry("confidence parser")  # eval.confidence: completion -> stated p in [0, 1]
 REWARD_AGGREGATORS: Registry = Registry("reward aggregator")  # reward_aggregation.name: weighted_sum, gated
+FOLLOWUPS: Registry = Registry("follow-up question")  # rollout.followup.name: shuffled_options (envs.followups)
 REPLAYS: Registry = Registry("replay part")  # algo.replay.name: pipo (algos.pipo); a batch to update on once more

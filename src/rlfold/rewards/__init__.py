@@ -27,6 +27,7 @@ from rlfold.rewards import (  # noqa: F401,E402
     search_rubric as _search_rubric,
     aggregation as _aggregation,
     empo as _empo,
+    choice as _choice,
 )
 
 __all__ = ["REWARDS", "SHAPINGS", "RewardFn", "ScoreResult", "Shaped", "ShapingInput", "score_batch", "score_rewards"]

@@ -279,9 +279,10 @@ class GuidedDecodingStep:
         bad = [(i, x) for i, x in enumerate(labels) if not (0.0 <= x <= 1.0)]
         if bad:
             i, x = bad[0]
-            raise DataError(f"guided_decoding: the reward of row {i} (prompt {prompts[i].text!r}) is {x}; Q♯'s value model "
-                            "predicts a probability, so the summed reward (rewards) must lie in [0, 1] (e.g. one "
-                            "correctness reward of weight 1)")
+            names = " + ".join(f"{w:g}*{n}" for n, w, _ in self.specs)
+            raise DataError(f"guided_decoding: the reward of row {i} (prompt {prompts[i].text!r}) is {x:g}; Q♯'s value "
+                            f"model predicts a probability, so the summed reward ({names}) must lie in [0, 1] "
+                            "(e.g. one correctness reward of weight 1)")
         starts = [max(len(p) - 1, 0) for p in prefix]
         return LabelledRows(context, responses, starts, labels), texts, [len(p) for p in prefix]
 
