@@ -29,6 +29,7 @@ from torch import Tensor
 
 from rlfold.core.config import RunConfig
 from rlfold.core.errors import ConfigError, DataError
+from rlfold.core.masked import positions_from_mask
 from rlfold.core.registry import SAMPLERS, TRAINERS
 from rlfold.core.seeding import derive_seed, generator_for
 from rlfold.core.types import FINISH_STOP, Prompt
@@ -99,7 +100,7 @@ def value_logits(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor
     device = next(model.parameters()).device
     ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
     mask = torch.cat([prompt_mask, response_mask], dim=1).long().to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    pos = positions_from_mask(mask)
     n_prompt, n_resp = prompt_ids.shape[1], response_ids.shape[1]
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
     z = out.logits[:, n_prompt - 1: n_prompt + n_resp - 1].float()
@@ -247,7 +248,7 @@ class GuidedDecodingStep:
     def collect(self, prompts: Sequence[Prompt], index: int) -> tuple[LabelledRows, list[str], list[int]]:
         """Stage 1: roll in with the guided policy for h tokens, roll out with π_ref, score, label."""
         h = self.switch_points(len(prompts), index)
-        base = [req for req in requests_for(prompts)]
+        base = requests_for(prompts)
         context = [self.engine.encode(req, i) for i, req in enumerate(base)]
         prefix: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
