@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,14 +137,19 @@ def _of(rows: list[dict], recipe: str, setting: str) -> list[dict]:
     return [r for r in rows if r["recipe"] == recipe and r.get("setting", "") == setting]
 
 
+def _stat(f: Callable[[list[float]], float], xs: list[float]) -> float:
+    """``f`` over the seeds, or NaN where a run lacks the metric (``statistics`` fails on NaN input)."""
+    return float("nan") if any(math.isnan(x) for x in xs) else f(xs)
+
+
 def _means(rows: list[dict], recipe: str, setting: str = "") -> dict[str, float]:
     rs = _of(rows, recipe, setting)
-    return {k: statistics.fmean(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], float)}
+    return {k: _stat(statistics.fmean, [r[k] for r in rs]) for k in rs[0] if isinstance(rs[0][k], float)}
 
 
 def _sds(rows: list[dict], recipe: str, setting: str = "") -> dict[str, float]:
     rs = _of(rows, recipe, setting)
-    return {k: statistics.pstdev(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], float)}
+    return {k: _stat(statistics.pstdev, [r[k] for r in rs]) for k in rs[0] if isinstance(rs[0][k], float)}
 
 
 def _cell(rows: list[dict], recipe: str, key: str, setting: str = "") -> str:
@@ -151,7 +157,9 @@ def _cell(rows: list[dict], recipe: str, key: str, setting: str = "") -> str:
     scale, fmt = (100, "{:.1f}") if key in ("acc", "acc_gain", "replayed", "consistency") or key.startswith(
         "pass@") else (
         (1e-3, "{:.1f}k") if key == "tokens" else (1, "{:.3f}" if key in ("entropy", "kl_ref") else "{:.1f}"))
-    mean, sd = statistics.fmean(xs) * scale, statistics.pstdev(xs) * scale
+    mean, sd = _stat(statistics.fmean, xs) * scale, _stat(statistics.pstdev, xs) * scale
+    if math.isnan(mean):
+        return "n/a"
     return f"{fmt.format(mean)} ± {fmt.format(sd).rstrip('k')}"
 
 

@@ -58,6 +58,17 @@ def test_cells_are_mean_and_population_std_in_the_table_units():
     assert "Seeds 0 1" in text and "6 runs" in text
 
 
+def test_a_metric_a_run_lacks_is_shown_as_na_and_decides_nothing():
+    """A run without the follow-up has consistency NaN: its cell reads n/a and the rule compares NaN (False)."""
+    setting = " ".join(ct.CHOICE)
+    rows = [_row("grpo", s, setting, consistency=float("nan")) for s in (0, 1)]
+    rows += [_row("acre", s, setting, consistency=0.8) for s in (0, 1)]
+    rows += [_row("grpo", s) for s in (0, 1)]  # default-setting runs (their consistency key absent) are fine too
+    text = ct.table(rows)
+    assert "consistency (%) 80.0 ± 0.0 vs n/a" in text
+    assert _verdicts(rows)["acre"] == "does not reproduce"
+
+
 @pytest.mark.parametrize("argv", [["--rows", "nonexistent"]])
 def test_unknown_row_is_refused(argv, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["claims_table.py", *argv])

@@ -110,7 +110,7 @@ def test_train_with_a_missing_model(capsys, tmp_path):
 def test_eval_with_a_missing_model(capsys):
     err = _fails(capsys, ["eval", "--model", "/nonexistent", "--size", "20"])
     assert err.strip() == (
-        "error: model path '/nonexistent' is neither a directory nor a shipped model (shipped models: tiny-arith, tiny-confidence-arith, tiny-graded-verbose-arith, tiny-search, tiny-verbose-arith)"
+        "error: model path '/nonexistent' is neither a directory nor a shipped model (shipped models: tiny-arith, tiny-choice-arith, tiny-confidence-arith, tiny-graded-verbose-arith, tiny-search, tiny-verbose-arith)"
     )
 
 

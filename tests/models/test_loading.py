@@ -53,7 +53,7 @@ def test_load_by_name_and_by_path_agree():
 def test_missing_directory_names_path_and_lists_shipped_models(tmp_path):
     missing = tmp_path / "no-such-model"
     msg = _error(missing)
-    assert msg == f"model path {str(missing)!r} is neither a directory nor a shipped model (shipped models: tiny-arith, tiny-confidence-arith, tiny-graded-verbose-arith, tiny-search, tiny-verbose-arith)"
+    assert msg == f"model path {str(missing)!r} is neither a directory nor a shipped model (shipped models: tiny-arith, tiny-choice-arith, tiny-confidence-arith, tiny-graded-verbose-arith, tiny-search, tiny-verbose-arith)"
 
 
 def test_misspelt_shipped_name_suggests_it():
