@@ -117,9 +117,11 @@ def train(recipe: str, seed: int, threads: int, overrides: list[str], setting: t
     rows, minutes, _, task = fit_recipe(recipe, seed, threads, [*EVERY_RUN, *setting, *extra, *overrides])
     evals = [r for r in rows if f"val/{task}/acc" in r]
     steps = [r for r in rows if r.get("step", 0) > 0 and "actor/entropy" in r]
+    # update steps: a policy update (actor/*) or, for value-guided decoding, a value-model update (value/*)
+    updates = [r for r in rows if r.get("step", 0) > 0 and any(k.startswith(("actor/", "value/")) for k in r)]
     first, last = evals[0], evals[-1]
     tail = steps[-ENTROPY_TAIL:]
-    return {"recipe": recipe, "setting": " ".join(setting), "seed": seed, "minutes": minutes, "steps": len(steps),
+    return {"recipe": recipe, "setting": " ".join(setting), "seed": seed, "minutes": minutes, "steps": len(updates),
             "acc": last[f"val/{task}/acc"], "acc_gain": last[f"val/{task}/acc"] - first[f"val/{task}/acc"],
             f"pass@{PASS_K}": last[f"val/{task}/pass@{PASS_K}"], "length": last[f"val/{task}/length"],
             "kl_ref": last.get(f"val/{task}/kl_ref", float("nan")),

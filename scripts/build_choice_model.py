@@ -3,9 +3,11 @@
 Starting from the shipped ``tiny-arith`` (which can add), seeded SFT on ``choice_arith`` questions
 (``"A:124 B:135 C:125 D:115 | 58+67="``) whose demonstrations write the correct sum, then ``" so "``, then a
 letter: the letter of the sum's option in a fraction ``--faithful`` of them, and "A" in the others (a
-planted position bias). The model learns to state the sum but chooses its letter partly by position, so
-its choice often disagrees with its own trace, and re-asking with shuffled options exposes it: what ACRE's
-consistency reward (arXiv 2510.10104) is meant to fix.
+planted position bias), meant to give a base whose choice often disagrees with its own trace, which
+re-asking with shuffled options exposes: what ACRE's consistency reward (arXiv 2510.10104) is meant to fix.
+Measured (``python bench/choice_binding.py``): the 4-layer base learns the bias but not the binding of
+letter to trace (P(sum's letter | correct trace) 0.12, chance among the non-"A" letters), and 2000 steps
+at ``--faithful 0.4`` (lr 1e-3 or 3e-3) did not learn it either (0.10 = chance there).
 
     python scripts/build_choice_model.py            # writes src/rlfold/assets/tiny-choice-arith
 """

@@ -13,8 +13,6 @@ returns a KV cache like a transformers model, so the ``hf`` engine samples from 
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
 from typing import Any
 
@@ -22,19 +20,9 @@ import torch
 from torch import Tensor, nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from rlfold.models.kv_cache import LIBRARY_CACHE, cache_argument, forward_parameters, returned_cache
+
 MIN_ETA = 1e-3  # the bonus is stable for any η > 0; below this the tilt is an argmax over p, not a policy
-# transformers 5 renamed the KV-cache argument and output field past_key_values -> cache (the old name warns)
-_OUT_CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
-
-
-def _cache_name(model: nn.Module) -> str:
-    """The keyword ``model.forward`` takes its KV cache by."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _cache_of(out: Any) -> Any:
-    return out["cache"] if "cache" in out.keys() else out.get("past_key_values")
 
 
 def q_star_bonus(value_logits: Tensor, eta: float) -> Tensor:
@@ -68,7 +56,7 @@ class GuidedPolicy(nn.Module):
             raise ValueError(f"GuidedPolicy: eta must be >= {MIN_ETA}, got {eta!r}")
         self.reference, self.value, self.eta = reference, value, float(eta)
         self.config = reference.config  # vocabulary, pad and eos ids, context length: the reference's
-        self._ref_cache, self._value_cache = _cache_name(reference), _cache_name(value)
+        self._ref_cache, self._value_cache = (cache_argument(forward_parameters(m)) for m in (reference, value))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
                 use_cache: bool = False, cache: Any = None, logits_to_keep: int = 0,
@@ -81,8 +69,8 @@ class GuidedPolicy(nn.Module):
         val = self.value(**common, **{self._value_cache: value_cache})
         logits = ref.logits.to(torch.promote_types(ref.logits.dtype, torch.float32)) + q_star_bonus(val.logits,
                                                                                                      self.eta)
-        pair = (_cache_of(ref), _cache_of(val)) if use_cache else None
-        return CausalLMOutputWithPast(logits=logits, **{_OUT_CACHE: pair})
+        pair = (returned_cache(ref), returned_cache(val)) if use_cache else None
+        return CausalLMOutputWithPast(logits=logits, **{LIBRARY_CACHE: pair})
 
 
 __all__ = ["GuidedPolicy", "MIN_ETA", "q_star_bonus", "zero_value_head"]

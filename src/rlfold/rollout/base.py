@@ -70,6 +70,26 @@ class Engine(Protocol):
     def wake(self) -> None: ...
 
 
+class WrappingEngine:
+    """Base of an engine that generates through an ``inner`` engine (multi-turn, follow-up, sharded, verifiers):
+    padding, weight sharing, weight updates and sleep/wake are the inner engine's."""
+
+    inner: Engine
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.pad_id, self.shares_weights = inner.pad_id, inner.shares_weights
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None:
+        self.inner.update_weights(named_tensors, streamed)
+
+    def sleep(self) -> None:
+        self.inner.sleep()
+
+    def wake(self) -> None:
+        self.inner.wake()
+
+
 def chat_prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
     """The token ids of chat ``messages`` through the tokenizer's chat template, ending in the generation
     prompt (``return_dict=False``: transformers 5 returns a ``BatchEncoding`` by default)."""

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
-
-import torch
+from typing import Sequence
 
 from rlfold.core.contracts import Followup
 from rlfold.core.seeding import derive_seed
 from rlfold.core.types import RolloutBatch
-from rlfold.rollout.base import Engine, GenerationRequest
+from rlfold.rollout.base import Engine, GenerationRequest, WrappingEngine
 from rlfold.rollout.sampling import SamplingParams
 
 
-class FollowupEngine:
+class FollowupEngine(WrappingEngine):
     """Generates with ``inner``, then asks ``part``'s follow-up of every row greedily with ``inner`` too and adds
     ``part.extras`` to the batch; the follow-up answers are read, never trained on. Follows the engine contract."""
 
     def __init__(self, inner: Engine, part: Followup) -> None:
-        self.inner, self.part = inner, part
-        self.pad_id = inner.pad_id
-        self.shares_weights = inner.shares_weights
-
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None:
-        self.inner.update_weights(named_tensors, streamed)
-
-    def sleep(self) -> None:
-        self.inner.sleep()
-
-    def wake(self) -> None:
-        self.inner.wake()
+        super().__init__(inner)
+        self.part = part
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams, seed: int) -> RolloutBatch:
         roll = self.inner.generate(requests, params, seed)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from typing import Iterable, Literal, Sequence
 
 import torch
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from rlfold.core import registry
 from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.masked import positions_from_mask as _positions
 from rlfold.core.seeding import generator_for
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
+from rlfold.models.kv_cache import cache_argument, forward_parameters, returned_cache
 from rlfold.models.lean import LeanDecoder, enable_lean, lean_of
 from rlfold.models.logprobs import model_device as _device
 from rlfold.models.placement import compute_dtype, threads_for
@@ -23,32 +21,13 @@ from rlfold.rollout.weight_sync import full_tensor
 
 ENGINES = registry.ENGINES
 
-# transformers 5.x renamed the KV-cache argument and output field ``past_key_values`` -> ``cache``; the old
-# name still works there with a deprecation warning until 5.40. The name is chosen per model, so a model
-# whose forward still takes ``past_key_values`` (transformers 4.x, remote code) keeps working.
-_NEW_CACHE, _OLD_CACHE = "cache", "past_key_values"
-
-
-def _library_cache_name() -> str:
-    """The cache name of the installed transformers' causal-LM outputs."""
-    return _NEW_CACHE if _NEW_CACHE in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else _OLD_CACHE
-
-
-def _cache_argument(forward_params) -> str:
-    """The keyword a model's ``forward`` takes its KV cache by (the library's name for ``**kwargs`` wrappers)."""
-    for name in (_NEW_CACHE, _OLD_CACHE):
-        if name in forward_params:
-            return name
-    return _library_cache_name()
-
-
 def _returned_cache(model, out):
-    """The KV cache in a forward's output, read by key so that no deprecated alias is touched."""
-    for name in (_NEW_CACHE, _OLD_CACHE):
-        if name in out.keys():
-            return out[name]
-    raise ConfigError(f"hf engine: {type(model).__name__}.forward(use_cache=True) returned no KV cache "
-                      f"(output fields: {', '.join(out.keys())}); the engine needs a model that caches")
+    """The KV cache of a forward's output; a ConfigError naming the model when it returned none."""
+    cache = returned_cache(out)
+    if cache is None:
+        raise ConfigError(f"hf engine: {type(model).__name__}.forward(use_cache=True) returned no KV cache "
+                          f"(output fields: {', '.join(out.keys())}); the engine needs a model that caches")
+    return cache
 
 
 @ENGINES.register("hf")
@@ -80,12 +59,9 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.pad_id = pad_id_of(tokenizer, "HFEngine")
         self.eos_id = tokenizer.eos_token_id
-        try:
-            forward_params = inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
-            forward_params = {}
+        forward_params = forward_parameters(model)
         self._keep_arg = "logits_to_keep" in forward_params
-        self._cache_arg = _cache_argument(forward_params)
+        self._cache_arg = cache_argument(forward_params)
 
     # ------------------------------------------------------------ weights, memory
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None:

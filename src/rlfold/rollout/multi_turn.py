@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -29,7 +29,7 @@ from rlfold.core.contracts import Environment, EnvStep
 from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.seeding import derive_seed
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch
-from rlfold.rollout.base import Engine, GenerationRequest
+from rlfold.rollout.base import Engine, GenerationRequest, WrappingEngine
 from rlfold.rollout.sampling import SamplingParams
 
 LOG = logging.getLogger("rlfold")
@@ -47,7 +47,7 @@ def _checked(out: Any) -> EnvStep:
     return out
 
 
-class MultiTurnEngine:
+class MultiTurnEngine(WrappingEngine):
     """Runs ``env`` episodes over ``inner`` (see the module docstring); it follows the engine contract."""
 
     def __init__(self, inner: Engine, tokenizer: Any, env: Environment, *, max_turns: int = 16,
@@ -56,23 +56,13 @@ class MultiTurnEngine:
             raise ConfigError(f"multi-turn engine: max_turns must be >= 1, got {max_turns}")
         if turn_budget not in ("total", "per_turn"):
             raise ConfigError(f"multi-turn engine: turn_budget must be 'total' or 'per_turn', got {turn_budget!r}")
-        self.inner, self.tokenizer, self.env = inner, tokenizer, env
+        super().__init__(inner)
+        self.tokenizer, self.env = tokenizer, env
         if workers < 1:
             raise ConfigError(f"multi-turn engine: workers must be >= 1, got {workers}")
         self.max_turns, self.turn_budget, self.workers = max_turns, turn_budget, workers
         self.name = type(env).__name__
-        self.pad_id = inner.pad_id
-        self.shares_weights = inner.shares_weights
         self._obs_cache: dict[str, list[int]] = {}
-
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None:
-        self.inner.update_weights(named_tensors, streamed)
-
-    def sleep(self) -> None:
-        self.inner.sleep()
-
-    def wake(self) -> None:
-        self.inner.wake()
 
     def _observation_ids(self, text: str) -> list[int]:
         if text not in self._obs_cache:

@@ -16,7 +16,7 @@ from rlfold.core import registry
 from rlfold.core.errors import ConfigError
 from rlfold.core.seeding import derive_seed
 from rlfold.core.types import RolloutBatch
-from rlfold.rollout.base import Engine, EngineContext, GenerationRequest
+from rlfold.rollout.base import EngineContext, GenerationRequest, WrappingEngine
 from rlfold.rollout.sampling import SamplingParams
 
 
@@ -61,7 +61,7 @@ def load_named(model: torch.nn.Module, named: Iterable[tuple[str, torch.Tensor]]
 
 
 @registry.ENGINES.register("sharded")
-class ShardedEngine:
+class ShardedEngine(WrappingEngine):
     """In-process reference of the Ray rollout workers: the inner ``engine`` called once per shard of
     each request list, with the per-shard seeds of ``plan_shards``, the batches concatenated in order."""
 
@@ -71,9 +71,8 @@ class ShardedEngine:
             raise ConfigError(f"sharded engine: shards must be >= 1, got {shards}")
         if engine in ("sharded", "ray_actors"):
             raise ConfigError(f"sharded engine: the inner engine cannot be {engine!r}")
-        self.inner: Engine = registry.ENGINES.get(engine)(ctx, **dict(engine_kwargs or {}))
+        super().__init__(registry.ENGINES.get(engine)(ctx, **dict(engine_kwargs or {})))
         self.shards = shards
-        self.shares_weights, self.pad_id = self.inner.shares_weights, self.inner.pad_id
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams, seed: int) -> RolloutBatch:
         """Each shard through the inner engine with its own seed; rows in request order."""
@@ -82,15 +81,6 @@ class ShardedEngine:
         parts = [self.inner.generate(requests[s.start:s.stop], params, s.seed)
                  for s in plan_shards(len(requests), self.shards, seed)]
         return RolloutBatch.concat(parts, self.pad_id)
-
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None:
-        self.inner.update_weights(named_tensors, streamed)
-
-    def sleep(self) -> None:
-        self.inner.sleep()
-
-    def wake(self) -> None:
-        self.inner.wake()
 
 
 __all__ = ["Shard", "ShardedEngine", "load_named", "plan_shards", "shard_seed"]

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import math
 import weakref
-from typing import Annotated, Any, Iterable, Sequence
+from typing import Annotated, Any, Sequence
 
 import torch
 from pydantic import Field
@@ -36,7 +36,7 @@ from rlfold.core.errors import ConfigError, DataError
 from rlfold.core.options import registered
 from rlfold.core.registry import ENGINES
 from rlfold.core.types import FINISH_STOP, Prompt, RolloutBatch
-from rlfold.rollout.base import Engine, EngineContext, GenerationRequest, encode_request
+from rlfold.rollout.base import EngineContext, GenerationRequest, WrappingEngine, encode_request
 from rlfold.core.seeding import derive_seed
 from rlfold.rollout.openai_server import SEED_HEADER, CallRecord, OpenAIServer, assemble_calls
 from rlfold.rollout.sampling import SamplingParams
@@ -57,7 +57,7 @@ def import_verifiers() -> Any:
 
 
 @ENGINES.register("verifiers")
-class VerifiersEngine:
+class VerifiersEngine(WrappingEngine):
     """Episodes of a ``verifiers`` v1 environment over an rlfold engine served on loopback (see the module docstring).
 
     ``env``: the verifiers environment config (what ``vf.resolve_env_config`` takes, e.g.
@@ -74,9 +74,8 @@ class VerifiersEngine:
         if max_concurrent < 0:
             raise ConfigError(f"verifiers engine: max_concurrent must be >= 0, got {max_concurrent}")
         self.vf = vf = import_verifiers()
-        self.inner: Engine = ENGINES.get(inner)(ctx, **(inner_kwargs or {}))
+        super().__init__(ENGINES.get(inner)(ctx, **(inner_kwargs or {})))
         self.tokenizer = ctx.tokenizer
-        self.pad_id, self.shares_weights = self.inner.pad_id, self.inner.shares_weights
         self.answer_field, self.max_concurrent = answer_field, max_concurrent
         try:
             config = vf.resolve_env_config(dict(env))
@@ -90,15 +89,6 @@ class VerifiersEngine:
         self._task_cls = type(self.env.taskset).task_type()
 
     # ---------------------------------------------------------- engine contract
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], streamed: bool = False) -> None:
-        self.inner.update_weights(named_tensors, streamed)
-
-    def sleep(self) -> None:
-        self.inner.sleep()
-
-    def wake(self) -> None:
-        self.inner.wake()
-
     def close(self) -> None:
         """Stop the loopback server."""
         self.server.close()

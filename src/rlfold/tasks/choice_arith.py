@@ -10,8 +10,10 @@ the problem text, so every seed sees the same questions:
 The trace comes before the letter, so the choice can be re-asked after the same trace with the options
 in another order (the ``shuffled_options`` follow-up), which is ACRE's consistency check. The shipped
 base ``tiny-choice-arith`` (``scripts/build_choice_model.py``) was taught the format on demonstrations
-whose letter is the sum's option only half of the time and otherwise "A": it states the sum well but
-picks its letter with a position bias, so its choices are often inconsistent with its own trace.
+whose letter is the sum's option only half of the time and otherwise "A". It learned the position bias but
+not the binding of letter to trace: after the correct trace it gives the sum's letter the same probability
+as any other non-"A" letter (0.12 each, "A" 0.63; ``python bench/choice_binding.py``), so its greedy
+answer is always "A" and never survives a re-ask with the options rotated.
 """
 
 from __future__ import annotations
