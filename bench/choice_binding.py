@@ -32,6 +32,15 @@ def letter_probabilities(model, tokenizer, prompts) -> torch.Tensor:
     return torch.stack(out)
 
 
+def binding_summary(probs: torch.Tensor, gold: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per prompt: the gold letter's probability, "A"'s, and the mean of the letters that are neither."""
+    rows = torch.arange(len(gold))
+    other = torch.ones_like(probs, dtype=torch.bool)
+    other[rows, gold] = False
+    other[:, 0] = False
+    return {"gold": probs[rows, gold], "A": probs[:, 0], "other": (probs * other).sum(-1) / other.sum(-1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-choice-arith", help="a shipped model name or a model directory")
@@ -44,15 +53,12 @@ def main() -> None:
     prompts = TASKS.get("choice_arith")(held_out_size=args.size).held_out
     probs = letter_probabilities(model, tokenizer, prompts)
     gold = torch.tensor([LETTERS.index(p.answer) for p in prompts])
-    on_gold = probs[torch.arange(len(prompts)), gold]
-    other = torch.ones_like(probs, dtype=torch.bool)  # letters that are neither the gold one nor "A"
-    other[torch.arange(len(prompts)), gold] = False
-    other[:, 0] = False
-    per_other = (probs * other).sum(-1) / other.sum(-1)
+    summary = binding_summary(probs, gold)
     for name, rows in (("gold letter A", gold == 0), ("gold letter B-D", gold != 0)):
         print(f"{args.model} | {name} ({int(rows.sum())} prompts): P(gold letter | correct trace) "
-              f"{on_gold[rows].mean():.3f}, P(A) {probs[rows, 0].mean():.3f}, "
-              f"P(each other letter) {per_other[rows].mean():.3f}")
+              f"{summary['gold'][rows].mean():.3f}, P(A) {summary['A'][rows].mean():.3f}, "
+              f"P(each other letter) {summary['other'][rows].mean():.3f}")
+
 
 if __name__ == "__main__":
     main()

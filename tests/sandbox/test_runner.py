@@ -171,8 +171,7 @@ def test_signals_rlimits_and_ctypes_are_refused():
              "import ctypes"]
     parent = os.getppid()  # 1 when the test run was started detached (nohup ... &): compared, not assumed > 1
     _check(run_sandboxed("", tests), ["refused"] * 3)
-    assert os.getppid() == parent  # this process and its parent are still here
-    os.kill(parent, 0)  # raises ProcessLookupError had the parent been killed
+    assert os.getppid() == parent  # this process and its parent are still here (a killed parent re-parents us)
 
 
 def test_hundred_megabytes_of_output_are_capped_without_hanging():
