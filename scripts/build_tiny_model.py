@@ -62,9 +62,10 @@ def train_problems(levels: list[int], held_out_fraction: float) -> list[tuple[in
     return [p for lv in levels for p in all_problems(lv) if not is_held_out(format_prompt(*p), held_out_fraction)]
 
 
-def sft_and_save(sample_pairs, args: argparse.Namespace) -> None:
-    """Build the tiny model and its tokenizer, SFT it on ``sample_pairs`` and save both to ``args.out``."""
-    tokenizer = build_char_tokenizer()
+def sft_and_save(sample_pairs, args: argparse.Namespace, words: list[str] | None = None) -> None:
+    """Build the tiny model and its tokenizer (with ``words`` as whole tokens), SFT it on ``sample_pairs``
+    and save both to ``args.out``."""
+    tokenizer = build_char_tokenizer(words=words)
     model = build_tiny_model(tokenizer)
     print(f"tiny model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     losses = sft_train(model, tokenizer, sample_pairs, steps=args.steps, batch_size=args.batch_size,

@@ -88,3 +88,19 @@ def test_characters_outside_the_vocabulary_decode_the_same():
     assert ours(text)["input_ids"].count(ours.unk_token_id) == 2
     dec = lambda t: t.decode(t(text)["input_ids"], skip_special_tokens=True)  # noqa: E731
     assert dec(plain) == dec(ours) == "caf  1+1=2"
+
+
+def test_words_are_one_token_each_longest_first_and_survive_a_plain_load(tmp_path):
+    from rlfold.tasks.confidence_arith import CONFIDENCE_WORDS
+
+    ours = build_char_tokenizer(words=CONFIDENCE_WORDS)
+    assert len(ours) == len(build_char_tokenizer()) + 11
+    text = "123+456=? (confidence 0-10) Answer: 579, Confidence: 10"
+    ids = ours(text, add_special_tokens=False)["input_ids"]
+    assert ours.convert_ids_to_tokens(ids[-1]) == "Confidence: 10"  # not "Confidence: 1" then "0"
+    assert ours.convert_ids_to_tokens(ids[:3]) == ["1", "2", "3"]  # the digits stay characters
+    assert "Confidence: 7" in ours.convert_ids_to_tokens(ours("Confidence: 7")["input_ids"])
+    # the ids of the characters are those of the plain character tokenizer
+    assert ours("58+67=125.")["input_ids"] == build_char_tokenizer()("58+67=125.")["input_ids"]
+    ours.save_pretrained(tmp_path)
+    _assert_same(AutoTokenizer.from_pretrained(tmp_path), ours, TEXTS + [text, "Confidence: 0, Confidence: 5"])

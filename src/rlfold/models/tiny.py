@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlfold.models.portable import PreTrainedTokenizerFast, protect_byte_level_rewrites
@@ -13,10 +13,15 @@ SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
 
 
-def build_char_tokenizer(characters: list[str] | None = None) -> PreTrainedTokenizerFast:
+def build_char_tokenizer(
+    characters: list[str] | None = None, words: list[str] | None = None
+) -> PreTrainedTokenizerFast:
     """One token per character (default: printable ASCII); ``<bos>`` is prepended, ``<eos>`` ends an answer.
 
-    Saved, it loads the same with plain ``AutoTokenizer`` (see :mod:`rlfold.models.portable`)."""
+    ``words``: strings that are one token each wherever they occur (matched before the text is split
+    into characters, the longest first), e.g. ``"Confidence: 7"`` for a base whose stated confidence
+    must not share tokens with the digits of its answer. Saved, it loads the same with plain
+    ``AutoTokenizer`` (see :mod:`rlfold.models.portable`)."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + (characters or CHARACTERS))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
@@ -25,6 +30,8 @@ def build_char_tokenizer(characters: list[str] | None = None) -> PreTrainedToken
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
     protect_byte_level_rewrites(tok)
+    if words:
+        tok.add_tokens([AddedToken(w, normalized=False) for w in words])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",

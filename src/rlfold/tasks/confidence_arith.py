@@ -22,6 +22,11 @@ from rlfold.tasks.rows import Columns
 DEFAULT_LEVELS = [2, 4]
 
 
+# Whole-word tokens for a base that writes each stated confidence as one token, apart from the answer's digits
+# (scripts/build_confidence_model.py --confidence-tokens; a probe in docs/calibration.md).
+CONFIDENCE_WORDS = [f"Confidence: {c}" for c in range(11)]
+
+
 def confidence_prompt(a: int, b: int, op: str) -> str:
     """The prompt text: the problem and the request for an answer with a 0-10 confidence."""
     return f"{a}{op}{b}=? (confidence 0-10) "
