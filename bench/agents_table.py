@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from parallel import add_jobs_argument, run_all  # the sibling bench script (this directory is on sys.path)
+
 from rlfold.cli import RECIPES_DIR
 from rlfold.core.config_loader import load_config
 from rlfold.trainers.loop import build_run
@@ -96,20 +98,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
+    add_jobs_argument(ap)
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for recipe in args.recipes:
-        for seed in args.seeds:
-            row = run(recipe, seed, args.threads, args.overrides)
-            rows.append(row)
-            print(f"{row['recipe']:<10} seed {seed}  knowledge {row['acc_knowledge_before']:.1%} -> "
-                  f"{row['acc_knowledge_after']:.1%}  memory {row['acc_memory_before']:.1%} -> "
-                  f"{row['acc_memory_after']:.1%}  calls/memory q {row['calls_memory_before']:.2f} -> "
-                  f"{row['calls_memory_after']:.2f}  {row['minutes']:.1f} min", flush=True)
-            if args.json:
-                Path(args.json).write_text(json.dumps(rows, indent=1))
+    calls = [(recipe, seed, args.threads, args.overrides) for recipe in args.recipes for seed in args.seeds]
+    for (recipe, seed, *_), row in zip(calls, run_all(run, calls, jobs=args.jobs, threads=args.threads)):
+        rows.append(row)
+        print(f"{row['recipe']:<10} seed {seed}  knowledge {row['acc_knowledge_before']:.1%} -> "
+              f"{row['acc_knowledge_after']:.1%}  memory {row['acc_memory_before']:.1%} -> "
+              f"{row['acc_memory_after']:.1%}  calls/memory q {row['calls_memory_before']:.2f} -> "
+              f"{row['calls_memory_after']:.2f}  {row['minutes']:.1f} min", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
     table = markdown(rows)
     print()
     print(table, end="")

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from parallel import add_jobs_argument, run_all  # the sibling bench script (this directory is on sys.path)
+
 from rlfold.cli import RECIPES_DIR
 from rlfold.core.config_loader import load_config
 from rlfold.trainers.loop import build_run
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--last", type=int, default=5, help="steps averaged at the end of each run")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the per-run rows to this JSON file")
+    add_jobs_argument(ap)
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,12 +113,12 @@ def main() -> None:
     results = []
     print("| method | coef | seed | proxy | true | held-out true (greedy) | KL (k3/token) | chi2 | minutes |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for method, coef in arms:
-        for seed in args.seeds:
-            r = train(method, coef, seed, args.threads, args.last, args.overrides)
-            results.append(r)
-            print(f"| {method} | {coef:g} | {seed} | {r['proxy']:.3f} | {r['true']:.3f} | {r['val']:.3f} | "
-                  f"{r['kl']:.4f} | {r['chi2']:.3g} | {r['minutes']:.2f} |", flush=True)
+    calls = [(method, coef, seed, args.threads, args.last, args.overrides) for method, coef in arms
+             for seed in args.seeds]
+    for (method, coef, seed, *_), r in zip(calls, run_all(train, calls, jobs=args.jobs, threads=args.threads)):
+        results.append(r)
+        print(f"| {method} | {coef:g} | {seed} | {r['proxy']:.3f} | {r['true']:.3f} | {r['val']:.3f} | "
+              f"{r['kl']:.4f} | {r['chi2']:.3g} | {r['minutes']:.2f} |", flush=True)
     print()
     print(f"base policy (step 1, all runs): proxy {mean_std([r['base_proxy'] for r in results])}, "
           f"true {mean_std([r['base_true'] for r in results])}")

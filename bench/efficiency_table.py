@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from parallel import add_jobs_argument, run_all  # the sibling bench script (this directory is on sys.path)
 from learning_table import train_recipe  # the sibling bench script (this directory is on sys.path)
 
 from rlfold.cli import RECIPES_DIR
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the per-seed rows to this JSON file")
     ap.add_argument("--summary", nargs="+", default=None, metavar="JSON",
                     help="print the mean +- std table of saved --json files and exit")
+    add_jobs_argument(ap)
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
     args = ap.parse_args()
     if args.summary:
@@ -88,14 +90,13 @@ def main() -> None:
     results = []
     print("| recipe | seed | length before | after | change | accuracy before | after | change (points) | minutes |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for recipe in recipes:
-        for seed in args.seeds:
-            r = run(recipe, seed, args.threads, args.overrides)
-            results.append(r)
-            cut = 100 * (r["len_after"] - r["len_before"]) / r["len_before"]
-            print(f"| {recipe} | {seed} | {r['len_before']:.1f} | {r['len_after']:.1f} | {cut:+.0f}% | "
-                  f"{r['acc_before']:.1%} | {r['acc_after']:.1%} | {100 * (r['acc_after'] - r['acc_before']):+.1f} | "
-                  f"{r['minutes']:.2f} |", flush=True)
+    calls = [(recipe, seed, args.threads, args.overrides) for recipe in recipes for seed in args.seeds]
+    for (recipe, seed, *_), r in zip(calls, run_all(run, calls, jobs=args.jobs, threads=args.threads)):
+        results.append(r)
+        cut = 100 * (r["len_after"] - r["len_before"]) / r["len_before"]
+        print(f"| {recipe} | {seed} | {r['len_before']:.1f} | {r['len_after']:.1f} | {cut:+.0f}% | "
+              f"{r['acc_before']:.1%} | {r['acc_after']:.1%} | {100 * (r['acc_after'] - r['acc_before']):+.1f} | "
+              f"{r['minutes']:.2f} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     print()

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from parallel import add_jobs_argument, run_all  # the sibling bench script (this directory is on sys.path)
+
 from rlfold.cli import RECIPES_DIR
 from rlfold.core.config_loader import load_config
 from rlfold.trainers.loop import build_run
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    add_jobs_argument(ap)
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
     args = ap.parse_args()
     recipes = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if args.recipes == ["all"] else args.recipes
@@ -69,12 +72,11 @@ def main() -> None:
     results = []
     print("| recipe | seed | held-out acc before | after | change (points) | minutes |")
     print("|---|---|---|---|---|---|")
-    for recipe in recipes:
-        for seed in args.seeds:
-            r = run(recipe, seed, args.threads, args.overrides)
-            results.append(r)
-            print(f"| {r['recipe']} | {seed} | {r['before']:.1%} | {r['after']:.1%} | "
-                  f"{100 * (r['after'] - r['before']):+.1f} | {r['minutes']:.2f} |", flush=True)
+    calls = [(recipe, seed, args.threads, args.overrides) for recipe in recipes for seed in args.seeds]
+    for (recipe, seed, *_), r in zip(calls, run_all(run, calls, jobs=args.jobs, threads=args.threads)):
+        results.append(r)
+        print(f"| {r['recipe']} | {seed} | {r['before']:.1%} | {r['after']:.1%} | "
+              f"{100 * (r['after'] - r['before']):+.1f} | {r['minutes']:.2f} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_chi2_beats_kl_at_matched_proxy_reward(tmp_path):
     out = tmp_path / "chi2_vs_kl.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "chi2_vs_kl.py"), "--seeds", "0", "--kl", "0.3", "1",
-                           "--chi2", "0.01", "--no-baseline", "--threads", "1", "--json", str(out)],
+                           "--chi2", "0.01", "--no-baseline", "--jobs", "2", "--threads", "1", "--json", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(proc.stdout)
