@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from parallel import add_jobs_argument, run_all  # the sibling bench script (this directory is on sys.path)
 
 from rlfold.cli import RECIPES_DIR
@@ -120,4 +121,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from learning_table import train_recipe  # the sibling script (this directory is on sys.path)
 
 RECIPE = "rewarding_doubt"
@@ -67,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from parallel import add_jobs_argument, run_all  # the sibling bench script (this directory is on sys.path)
 
 from rlfold.cli import RECIPES_DIR
@@ -145,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from rlfold.models import load_model_and_tokenizer
 from rlfold.rewards.choice import LETTERS, TRACE_END
 from rlfold.tasks.base import TASKS
@@ -61,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

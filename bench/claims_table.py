@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from learning_table import fit_recipe  # the sibling bench script (this directory is on sys.path)
 
 from rlfold.cli import RECIPES_DIR
@@ -222,4 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from parallel import add_jobs_argument, run_all  # the sibling bench script (this directory is on sys.path)
-from learning_table import train_recipe  # the sibling bench script (this directory is on sys.path)
+from learning_table import check_recipes, train_recipe  # the sibling bench script (this directory is on sys.path)
 
 from rlfold.cli import RECIPES_DIR
 
@@ -87,6 +88,7 @@ def main() -> None:
         return
     recipes = verbose_recipes() if args.recipes == ["all"] else args.recipes
     torch.set_num_threads(args.threads)
+    check_recipes(recipes, args.overrides)
     results = []
     print("| recipe | seed | length before | after | change | accuracy before | after | change (points) | minutes |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -104,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from rlfold.core.registry import ENGINES
 from rlfold.models.loading import load_model_and_tokenizer
 from rlfold.rollout import EngineContext, SamplingParams, requests_for
@@ -61,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from rlfold.core.config_loader import load_config
 from rlfold.trainers.loop import build_run
 
@@ -61,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

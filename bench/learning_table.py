@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from parallel import add_jobs_argument, run_all  # the sibling bench script (this directory is on sys.path)
 
 from rlfold.cli import RECIPES_DIR
@@ -50,6 +51,13 @@ def train_recipe(recipe: str, seed: int, threads: int, overrides: list[str]) -> 
     return evals[0], evals[-1], minutes, steps, task
 
 
+def check_recipes(recipes: list[str], overrides: list[str]) -> None:
+    """Load every recipe with the overrides before the first run trains, so that a misspelt recipe name or
+    override stops the table at once with its error, not after the runs before it."""
+    for recipe in recipes:
+        load_config(RECIPES_DIR / f"{recipe}.yaml", [*overrides])
+
+
 def run(recipe: str, seed: int, threads: int, overrides: list[str]) -> dict[str, float | str]:
     """Train ``recipe`` once; return accuracy before/after and minutes."""
     first, last, minutes, steps, task = train_recipe(recipe, seed, threads, overrides)
@@ -69,6 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     recipes = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if args.recipes == ["all"] else args.recipes
     torch.set_num_threads(args.threads)
+    check_recipes(recipes, args.overrides)
     results = []
     print("| recipe | seed | held-out acc before | after | change (points) | minutes |")
     print("|---|---|---|---|---|---|")
@@ -82,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from rlfold.cli import RECIPES_DIR
 from rlfold.core.config_loader import load_config
 from rlfold.trainers.loop import build_run
@@ -108,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

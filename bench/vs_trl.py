@@ -61,6 +61,7 @@ from typing import Any, Callable
 
 import torch
 
+from entry import run_main  # the sibling bench script (this directory is on sys.path)
 from rlfold.core.config_loader import load_config
 from rlfold.core.types import FINISH_LENGTH, FINISH_STOP, Prompt
 from rlfold.models.loading import load_model_and_tokenizer, resolve_model_path
@@ -337,4 +338,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
