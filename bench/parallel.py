@@ -1,8 +1,8 @@
 """Run a table's independent training runs in parallel processes (the bench scripts' ``--jobs``).
 
-On a 2-core machine two one-thread runs side by side finish in about half the wall time of the same runs one
-after another, where one run on two threads is barely faster than on one (the tiny model's matrices are too
-small to split well). Each worker is a spawned process with its own ``torch`` thread count and
+On a 2-core machine two one-thread runs side by side can finish well before the same runs one after another
+on two threads (the tiny model's matrices split poorly across threads); for short runs or an odd count of runs
+it does not pay (figures in README, "Benchmarks"). Each worker is a spawned process with its own ``torch`` thread count and
 ``OMP_WAIT_POLICY=PASSIVE`` (unless set), so that no worker spins on the other's core.
 """
 
@@ -20,7 +20,7 @@ def add_jobs_argument(ap: argparse.ArgumentParser) -> None:
     """``--jobs N``: how many runs at a time (each in its own process, with ``--threads`` torch threads)."""
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time, each in its own process with --threads torch threads (on 2 cores: "
-                         "--jobs 2 --threads 1 halves the wall time of a table)")
+                         "--jobs 2 --threads 1 pays for long runs; see README, Benchmarks)")
 
 
 def _init_worker(threads: int) -> None:

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent
 def test_the_tiny_model_learns_when_and_what_to_search(tmp_path):
     out = tmp_path / "table.json"
     proc = subprocess.run([sys.executable, str(ROOT.parent / "bench" / "agents_table.py"), "--recipes", "search_r1",
-                           "adasearch", "--seeds", "0", "--jobs", "2", "--threads", "1", "--json", str(out)], capture_output=True, text=True)
+                           "adasearch", "--seeds", "0", "--jobs", "2", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(proc.stdout)
     grpo, ada = json.loads(out.read_text())
