@@ -16,9 +16,16 @@ from multiprocessing import get_context
 from typing import Any
 
 
+def _jobs(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def add_jobs_argument(ap: argparse.ArgumentParser) -> None:
     """``--jobs N``: how many runs at a time (each in its own process, with ``--threads`` torch threads)."""
-    ap.add_argument("--jobs", type=int, default=1,
+    ap.add_argument("--jobs", type=_jobs, default=1,
                     help="runs at a time, each in its own process with --threads torch threads (on 2 cores: "
                          "--jobs 2 --threads 1 pays for long runs; see README, Benchmarks)")
 

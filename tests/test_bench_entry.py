@@ -30,3 +30,9 @@ def test_a_misspelt_recipe_name_stops_the_table_before_any_run_trains():
     proc = _run(str(BENCH / "learning_table.py"), "--recipes", "grpo", "grpoo")
     assert proc.returncode == 2, proc.stderr
     assert "grpoo.yaml does not exist" in proc.stderr and "| grpo |" not in proc.stdout
+
+
+def test_jobs_below_one_is_a_usage_error_naming_the_option():
+    proc = _run(str(BENCH / "learning_table.py"), "--recipes", "grpo", "--jobs", "0")
+    assert proc.returncode == 2, proc.stderr
+    assert "--jobs" in proc.stderr and "must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
