@@ -105,12 +105,13 @@ def test_strength_options_need_an_ensemble():
 # ----- the update ----------------------------------------------------------------------------------
 
 
-def test_micro_batches_give_the_whole_batch_gradient(tok):
+@pytest.mark.parametrize("head", ["last_token", "sentence"])
+def test_micro_batches_give_the_whole_batch_gradient(tok, head):
     pairs = _pairs(6)
     margin = torch.tensor([0.0, 1.0, -0.5, 0.2, 0.0, 2.0])
     grads, metrics = [], []
     for mb in (0, 4):
-        model = build_reward_model("tiny-arith", tok, seed=3)
+        model = build_reward_model("tiny-arith", tok, seed=3, head=head)
         o = Optim(batch=6, micro_batch=mb, lr=0.0)
         opt, sched = o.optimizer(model, 1)
         captured = {}
@@ -211,6 +212,28 @@ def test_final_loads_as_the_reward_model_reward_and_scores_identically(trained):
     got = REWARDS.get("reward_model")([Prompt(p, "") for p in held.prompts[:8]], held.rejected[:8], ["stop"] * 8,
                                       path=str(run_dir / "final"))
     assert got == pytest.approx(rr[:8].tolist(), abs=1e-5)
+    clear_reward_model_cache()
+
+
+@pytest.mark.slow
+def test_a_sentence_rm_learns_and_its_final_dir_is_served_with_the_sentence_head(tmp_path):
+    from rlfold.rewards.reward_models import RewardModel, clear_reward_model_cache
+    from rlfold.trainers.loop import build_run
+
+    cfg = load_config(resolve_recipe("bt_reward_model"),
+                      [*SMALL, "reward_modeling.head=sentence", "train.steps=120", "train.prompts_per_step=32",
+                       "train.warmup_steps=10", "eval.every=120"])
+    run = build_run(cfg, tmp_path / "run")
+    rows = run.fit()
+    evals = [r for r in rows if "val/rm/accuracy" in r]
+    # measured 0.39 -> 0.83 (seed 0, 41 held-out pairs; the last-token head reaches 0.76 in the same run)
+    assert evals[-1]["val/rm/accuracy"] >= max(0.65, evals[0]["val/rm/accuracy"] + 0.15), evals
+    final = tmp_path / "run" / "final"
+    assert json.loads((final / "config.json").read_text())["rlfold_reward_head"] == "sentence"
+    held = run.trainer.held_pairs
+    rc, _ = score_pairs(run.trainer.model, run.trainer.tokenizer, held)
+    clear_reward_model_cache()
+    assert torch.allclose(RewardModel(final).score_completions(held.prompts, held.chosen), rc, atol=1e-5)
     clear_reward_model_cache()
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from rlfold.core.registry import (
     ADVANTAGES, AGGREGATIONS, COLLECTORS, CONFIDENCE_PARSERS, ENGINES, ENVIRONMENTS, FOLLOWUPS, GROUP_FILTERS,
-    KL_ESTIMATORS, POLICY_LOSSES, PREFERENCE_LOSSES, REGULARIZERS, REPLAYS, REWARD_AGGREGATORS, REWARDS, SAMPLERS, SELECTIONS,
+    KL_ESTIMATORS, POLICY_LOSSES, PREFERENCE_LOSSES, REGULARIZERS, REPLAYS, REWARD_AGGREGATORS, REWARD_HEADS, REWARDS, SAMPLERS, SELECTIONS,
     SHAPINGS, TASKS, TRACKERS, TRAINERS, needed_inputs, reward_check,
 )
 from rlfold.core.errors import dotted
@@ -498,6 +498,7 @@ class RunConfig(_Strict):
             (("accuracy_reward",), self.accuracy_reward, REWARDS),
             (("reward_aggregation", "name"), self.reward_aggregation.name, REWARD_AGGREGATORS),
             (("preference", "loss"), self.preference.loss, PREFERENCE_LOSSES),
+            (("reward_modeling", "head"), self.reward_modeling.head, REWARD_HEADS),
         ] + [(("rewards", i, "name"), r.name, REWARDS) for i, r in enumerate(self.rewards)] \
           + [(("algo", "selection", i, "name"), s.name, SELECTIONS) for i, s in enumerate(self.algo.selection)] \
           + [(("algo", "regularizers", i, "name"), r.name, REGULARIZERS) for i, r in enumerate(self.algo.regularizers)] \

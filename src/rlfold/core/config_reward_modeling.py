@@ -14,6 +14,11 @@ class _Strict(BaseModel):
 class RewardModelingConfig(_Strict):
     """A Bradley-Terry reward model trained on the ``preference`` dataset, saved as a sequence classifier."""
 
+    head: str = Field("last_token", min_length=1, description="registered reward-model head: last_token (one output "
+                                                           "read at the last token, TRL's RewardTrainer) or sentence "
+                                                           "(Qiu et al. 2025: per-sentence R(end) - R(start), "
+                                                           "attention-weighted); recorded in the saved config.json so "
+                                                           "the reward_model reward scores with it")
     center_coef: float = Field(0.0, ge=0, description="weight of the centring penalty (r_c + r_r)^2 (Eisenstein et "
                                                       "al.; TRL's center_rewards_coefficient, 0.01 recommended)")
     label_smoothing: float = Field(0.0, ge=0, le=0.5, description="label smoothing a of the BT loss: -(1-a) log "

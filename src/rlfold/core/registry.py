@@ -156,4 +156,5 @@ REGULARIZERS: Registry = Registry("regulariser")  # algo.regularizers: chi2_occu
 CONFIDENCE_PARSERS: Registry = Registry("confidence parser")  # eval.confidence: completion -> stated p in [0, 1]
 REWARD_AGGREGATORS: Registry = Registry("reward aggregator")  # reward_aggregation.name: weighted_sum, gated
 FOLLOWUPS: Registry = Registry("follow-up question")  # rollout.followup.name: shuffled_options (envs.followups)
+REWARD_HEADS: Registry = Registry("reward-model head")  # reward_modeling.head: last_token, sentence (rewards.reward_heads)
 REPLAYS: Registry = Registry("replay part")  # algo.replay.name: pipo (algos.pipo); a batch to update on once more

@@ -8,7 +8,7 @@ from typing import Any
 
 from rlfold.core.registry import (
     ADVANTAGES, AGGREGATIONS, ENGINES, ENVIRONMENTS, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, REWARDS, SAMPLERS,
-    PREFERENCE_LOSSES, REPLAYS, SELECTIONS, SHAPINGS, TASKS, TRAINERS, Registry,
+    PREFERENCE_LOSSES, REPLAYS, REWARD_HEADS, SELECTIONS, SHAPINGS, TASKS, TRAINERS, Registry,
 )
 
 
@@ -54,6 +54,8 @@ def recipe_parts_with_sources(cfg: Any) -> list[tuple[str, str, str]]:
         named.append(("accuracy reward", cfg.accuracy_reward, REWARDS))
     if cfg.trainer == "preference":  # the offline trainer uses no RL algorithm part, one preference loss
         named.append(("preference loss", cfg.preference.loss, PREFERENCE_LOSSES))
+    elif cfg.trainer == "reward_modeling":
+        named.append(("reward-model head", cfg.reward_modeling.head, REWARD_HEADS))
     elif cfg.trainer == "online":
         named += [("shaping", x.name, SHAPINGS) for x in cfg.shaping]
         named += [("group filter", x.name, GROUP_FILTERS) for x in a.group_filters]

@@ -21,6 +21,7 @@ from rlfold.rewards import (  # noqa: F401,E402
     crf as _crf,
     hackable as _hackable,
     reward_models as _reward_models,
+    reward_heads as _reward_heads,
     env_reward as _env_reward,
     search as _search,
     search_retrieval as _search_retrieval,

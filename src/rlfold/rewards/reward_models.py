@@ -3,7 +3,9 @@
 
 A reward model is any local sequence-classification directory (``AutoModelForSequenceClassification``
 + ``AutoTokenizer``, local files only). Its score for a sample is the logit of label 0 (the single
-output of a usual reward head) on the text ``prompt.text + completion``.
+output of a usual reward head) on the text ``prompt.text + completion``, or, for a directory trained with
+another head (``rlfold_reward_head`` in its config.json, e.g. ``sentence``), that head's score
+(``rewards.reward_heads``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pydantic import Field
 
 from rlfold.core.errors import ConfigError, ModelLoadError
 from rlfold.core.types import Prompt
+from rlfold.core.registry import REWARD_HEADS
 from rlfold.rewards.base import REWARDS
+from rlfold.rewards.reward_heads import DEFAULT_HEAD, HEAD_KEY, head_of, head_of_model
 
 
 class RewardModel:
@@ -70,18 +74,32 @@ class RewardModel:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model.to(self.device).eval().requires_grad_(False)
+        self.head_name = head_of_model(self.model)
+        if self.head_name not in REWARD_HEADS:
+            raise ModelLoadError(f"{self.path / 'config.json'}: {HEAD_KEY} {self.head_name!r} is not a registered "
+                                 f"reward-model head (known: {', '.join(REWARD_HEADS.names())})")
+        self.head = head_of(self.head_name)
+        if self.head.num_labels != int(self.model.config.num_labels):
+            raise ModelLoadError(f"{self.path / 'config.json'}: the {self.head_name!r} head reads "
+                                 f"{self.head.num_labels} output(s), the model has num_labels="
+                                 f"{self.model.config.num_labels}")
 
     def score(self, texts: Sequence[str]) -> torch.Tensor:
-        """``[N]`` float32 scores on CPU: the logit of label 0 for each text."""
+        """``[N]`` float32 scores on CPU of whole texts: the logit of label 0 at the last token (a last-token head)."""
+        if self.head_name != DEFAULT_HEAD:
+            raise ConfigError(f"reward model {self.path} has the {self.head_name!r} head, which scores a completion "
+                              "apart from its prompt: use score_completions(prompts, completions)")
+        return self.score_completions(list(texts), [""] * len(texts))
+
+    def score_completions(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        """``[N]`` float32 scores on CPU of ``prompts[i] + completions[i]`` by the head the model was trained with."""
+        prompts, completions = list(prompts), list(completions)
         out: list[torch.Tensor] = []
-        texts = list(texts)
         with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i : i + self.batch_size], padding=True, padding_side="right",
-                                     return_tensors="pt")
-                logits = self.model(input_ids=enc["input_ids"].to(self.device),
-                                    attention_mask=enc["attention_mask"].to(self.device)).logits
-                out.append(logits[:, 0].float().cpu())
+            for i in range(0, len(prompts), self.batch_size):
+                j = i + self.batch_size
+                out.append(self.head.scores(self.model, self.tokenizer, prompts[i:j], completions[i:j],
+                                            self.device).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -151,8 +169,8 @@ def reward_model(
         raise ConfigError("reward 'reward_model' needs option 'path': a reward model directory or a list of them")
     if aggregate not in AGGREGATES:
         raise ConfigError(f"reward 'reward_model': unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
-    texts = [p.text + c for p, c in zip(prompts, completions)]
+    texts = [p.text for p in prompts]
     if not texts:
         return []
-    members = torch.stack([get_reward_model(p, device).score(texts) for p in paths])
+    members = torch.stack([get_reward_model(p, device).score_completions(texts, completions) for p in paths])
     return [float(x) for x in aggregate_scores(members.double(), aggregate, uwo_lambda, uwo_ddof)]

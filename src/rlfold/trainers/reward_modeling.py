@@ -41,6 +41,7 @@ from rlfold.core.registry import TRAINERS
 from rlfold.core.seeding import derive_seed
 from rlfold.models import disable_dropout, load_model_and_tokenizer, resolve_model_path
 from rlfold.models.placement import resolve_device
+from rlfold.rewards.reward_heads import DEFAULT_HEAD, HEAD_KEY, head_of, head_of_model
 from rlfold.rollout import EngineContext, build_engines
 from rlfold.tasks.chat import for_tokenizer
 from rlfold.tasks.preference_data import PreferenceData
@@ -126,12 +127,14 @@ def pairs_of(data: PreferenceData, list_pairs: str = "all") -> Pairs:
 
 
 def build_reward_model(path: str, tokenizer: Any, dtype: torch.dtype = torch.float32,
-                       device: torch.device | str | None = None, seed: int = 0) -> torch.nn.Module:
-    """A one-label sequence classifier initialised from ``path`` (its score head seeded by ``seed``), padding
-    with the tokenizer's pad token."""
+                       device: torch.device | str | None = None, seed: int = 0,
+                       head: str = DEFAULT_HEAD) -> torch.nn.Module:
+    """A sequence classifier initialised from ``path`` with the outputs of reward head ``head`` (its score layer
+    seeded by ``seed``), padding with the tokenizer's pad token; the head's name is kept in its config."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    labels = head_of(head).num_labels
     resolved = resolve_model_path(path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report of the new score head is expected, not a warning
@@ -139,34 +142,26 @@ def build_reward_model(path: str, tokenizer: Any, dtype: torch.dtype = torch.flo
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(
-                resolved, num_labels=1, pad_token_id=tokenizer.pad_token_id, dtype=dtype, local_files_only=True)
+                resolved, num_labels=labels, pad_token_id=tokenizer.pad_token_id, dtype=dtype, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
         raise ModelLoadError(f"could not load {resolved} as a sequence-classification reward model: {exc}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
+    setattr(model.config, HEAD_KEY, head)  # saved in config.json: the reward_model reward scores with this head
     return model if device is None else model.to(device)
 
 
-def encode(tokenizer: Any, texts: Sequence[str], device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-    """Right-padded input ids and attention mask of ``texts``, as ``RewardModel.score`` tokenizes them."""
-    enc = tokenizer(list(texts), padding=True, padding_side="right", return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    return (ids, mask) if device is None else (ids.to(device), mask.to(device))
-
-
-def rewards_of(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], device: Any = None) -> Tensor:
-    """[N] rewards of ``texts``: the logit of label 0 at the last token."""
-    ids, mask = encode(tokenizer, texts, device)
-    return model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+def rewards_of(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], completions: Sequence[str],
+               device: Any = None) -> Tensor:
+    """[N] rewards of ``prompts[i] + completions[i]`` by the model's own head (``rewards.reward_heads``)."""
+    return head_of(head_of_model(model)).scores(model, tokenizer, prompts, completions, device)
 
 
 def pair_rewards(model: torch.nn.Module, tokenizer: Any, pairs: Pairs, device: Any = None) -> tuple[Tensor, Tensor]:
     """[N] rewards of the chosen and of the rejected responses, in one forward."""
     n = len(pairs)
-    texts = [p + c for p, c in zip(pairs.prompts, pairs.chosen)] + [p + r for p, r in zip(pairs.prompts,
-                                                                                            pairs.rejected)]
-    r = rewards_of(model, tokenizer, texts, device)
+    r = rewards_of(model, tokenizer, pairs.prompts + pairs.prompts, pairs.chosen + pairs.rejected, device)
     return r[:n], r[n:]
 
 
@@ -412,7 +407,8 @@ class RewardModelingStep:
         self._flipped: Optional[Pairs] = None
 
     def make_model(self, seed: int) -> torch.nn.Module:
-        model = build_reward_model(self.cfg.model.path, self.tokenizer, self.dtype, self.device, seed)
+        model = build_reward_model(self.cfg.model.path, self.tokenizer, self.dtype, self.device, seed,
+                                   head=self.cfg.reward_modeling.head)
         if self.cfg.model.disable_dropout:
             disable_dropout(model)
         return model
@@ -507,5 +503,5 @@ class RewardModelingStep:
 
 
 __all__ = ["Objective", "Optim", "Pairs", "RewardModelingStep", "Strength", "build_reward_model",
-           "cross_fit_strength", "encode", "flips_of", "pair_metrics", "pair_rewards", "pairs_of", "rewards_of",
+           "cross_fit_strength", "flips_of", "pair_metrics", "pair_rewards", "pairs_of", "rewards_of",
            "score_pairs", "train_member"]
