@@ -734,6 +734,8 @@ CASES: list[Case] = [
          data_case("preference.train_file", '{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n'
                                             '{"prompt": "2+2=", "chosen": "4", "rejected": "4"}\n',
                    extra=("trainer=reward_modeling",)), 2, ["{tmp}/data.jsonl:2", "'chosen' equals 'rejected'"]),
+    Case("rm-head-typo", train("trainer=reward_modeling", "reward_modeling.head=sentense"), 2,
+         ["reward_modeling.head", "'sentence'"]),
     Case("rm-lora-refused", train("trainer=reward_modeling", "model.lora={r: 4}"), 2, ["model.lora"]),
     Case("data-audit-missing-file", ["data", "audit", "{tmp}/none.jsonl"], 2, ["{tmp}/none.jsonl"]),
     Case("data-audit-bad-row",
