@@ -79,9 +79,9 @@ class RewardModel:
             raise ModelLoadError(f"{self.path / 'config.json'}: {HEAD_KEY} {self.head_name!r} is not a registered "
                                  f"reward-model head (known: {', '.join(REWARD_HEADS.names())})")
         self.head = head_of(self.head_name)
-        if self.head.num_labels != int(self.model.config.num_labels):
+        if self.head.num_labels > int(self.model.config.num_labels):  # a head reads outputs 0..num_labels-1
             raise ModelLoadError(f"{self.path / 'config.json'}: the {self.head_name!r} head reads "
-                                 f"{self.head.num_labels} output(s), the model has num_labels="
+                                 f"{self.head.num_labels} outputs, the model has num_labels="
                                  f"{self.model.config.num_labels}")
 
     def score(self, texts: Sequence[str]) -> torch.Tensor:
