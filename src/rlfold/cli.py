@@ -362,7 +362,7 @@ def cmd_data_audit(args: argparse.Namespace) -> int:
     """``rlfold data audit FILE``: flag pairs whose labels look flipped, by cross-fitted ensemble disagreement."""
     from rlfold.reporting.audit import AuditSettings, audit_file, render_markdown, write_audit
 
-    settings = AuditSettings(model=args.model, members=args.members, folds=args.folds, steps=args.steps,
+    settings = AuditSettings(model=args.model, head=args.head, members=args.members, folds=args.folds, steps=args.steps,
                              batch=args.batch, lr=args.lr, seed=args.seed, threshold=args.threshold, sigmas=args.sigmas,
                              fraction=args.fraction, top=args.top, bad_rows=args.bad_rows, device=args.device)
     settings.check()
@@ -412,6 +412,8 @@ def _data_parser(sub: Any) -> None:
                                       "disagreement) and print a report")
     p.add_argument("file", help="preference dataset (pairs or ranked lists; JSONL, Parquet, CSV, JSON)")
     p.add_argument("--model", default="tiny-arith", help="base model the ensemble's reward models start from")
+    p.add_argument("--head", default="last_token",
+                   help="reward-model head of the ensemble's members: last_token or sentence (docs/reward_models.md)")
     p.add_argument("--members", type=int, default=2, help="reward models per fold")
     p.add_argument("--folds", type=int, default=2, help="cross-fitting folds (>= 2)")
     p.add_argument("--steps", type=int, default=600, help="optimiser steps of each reward model")

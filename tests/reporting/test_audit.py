@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -67,6 +68,8 @@ def test_audit_bad_input_names_file_and_line(tmp_path, capsys):
     good.write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n')
     assert "--folds" in _err(capsys, ["data", "audit", str(good), "--folds", "1"])
     assert "--fraction" in _err(capsys, ["data", "audit", str(good), "--fraction", "1.5"])
+    err = _err(capsys, ["data", "audit", str(good), "--head", "sentense"])
+    assert "--head" in err and "'sentence'" in err
     assert "lower --folds" in _err(capsys, ["data", "audit", str(good)])  # one prompt cannot fill 2 folds
     assert f"{tmp_path}/no/r.md" in _err(capsys, ["data", "audit", str(good), "--out", str(tmp_path / "no/r.md")])
 
@@ -111,3 +114,15 @@ def test_audit_finds_planted_flips(tmp_path, capsys):
     assert fig["recall"] >= 0.6 and fig["false_positive_rate"] <= 0.3, fig
     top = sorted(rep["rows"], key=lambda r: r["mean"])[:5]
     assert sum(r["planted"] for r in top) >= 3  # the most suspicious pairs are mostly planted flips
+
+
+def test_audit_members_can_use_the_sentence_head(tmp_path, capsys):
+    data = tmp_path / "p.jsonl"
+    assert main(["data", "synth", "--out", str(data), "--prompts", "60", "--flip", "0.2"]) == 0
+    js = tmp_path / "a.json"
+    assert main(["data", "audit", str(data), "--head", "sentence", "--members", "1", "--steps", "2", "--batch", "8",
+                 "--no-progress", "--json", str(js)]) == 0
+    assert "tiny-arith, sentence head" in capsys.readouterr().out
+    rep = json.loads(js.read_text())
+    assert rep["settings"]["head"] == "sentence"
+    assert all(math.isfinite(r["mean"]) for r in rep["rows"]) and len({r["mean"] for r in rep["rows"]}) > 1

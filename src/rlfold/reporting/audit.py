@@ -32,6 +32,7 @@ class AuditSettings:
     """How the audit ensemble is trained and what it flags."""
 
     model: str = "tiny-arith"       # base model the reward models start from (a directory or a shipped name)
+    head: str = "last_token"        # registered reward-model head of every member (REWARD_HEADS)
     members: int = 2                # reward models per fold
     folds: int = 2                  # cross-fitting folds (>= 2)
     steps: int = 600                # optimiser steps of each reward model
@@ -59,6 +60,12 @@ class AuditSettings:
             raise ConfigError(f"--threshold must be a finite number, got {self.threshold}")
         if not (math.isfinite(self.sigmas) and self.sigmas >= 0):
             raise ConfigError(f"--sigmas must be a number >= 0, got {self.sigmas}")
+        from rlfold.core.registry import REWARD_HEADS, UnknownPartError
+
+        try:
+            REWARD_HEADS.get(self.head)
+        except UnknownPartError as exc:
+            raise ConfigError(f"--head: {exc}") from None
         if self.bad_rows not in ("error", "skip"):
             raise ConfigError(f"--bad-rows must be error or skip, got {self.bad_rows!r}")
 
@@ -140,7 +147,8 @@ def audit_file(path: str | Path, settings: AuditSettings, progress: bool = True)
                         f"split into {settings.folds} folds; lower --folds")
     o = Optim(batch=settings.batch, micro_batch=0, lr=settings.lr, warmup_steps=min(50, settings.steps // 10),
               schedule="cosine")
-    strength = cross_fit_strength(lambda seed: build_reward_model(settings.model, tokenizer, device=device, seed=seed),
+    strength = cross_fit_strength(lambda seed: build_reward_model(settings.model, tokenizer, device=device, seed=seed,
+                                                                     head=settings.head),
                                   tokenizer, pairs, members=settings.members, folds=settings.folds,
                                   steps=settings.steps, o=o, obj=Objective(), seed=settings.seed, device=device,
                                   progress=progress, desc="audit ensemble")
@@ -180,7 +188,7 @@ def render_markdown(report: AuditReport) -> str:
                                          if report.skipped else ""),
              f"- ensemble: {s.members} reward model(s) per fold x {s.folds} folds, cross-fitted (each pair is scored "
              f"only by models that never trained on it); {s.steps} steps of {s.batch} pairs each, lr {s.lr:g}, from "
-             f"{s.model}, seed {s.seed}",
+             f"{s.model}, {s.head} head, seed {s.seed}",
              "- strength: mu and sigma = mean and std over the members of r(prompt + chosen) - r(prompt + rejected); "
              "'against' = share of members preferring the rejected response",
              f"- flagged: {flagged} of {n} pairs ({flagged / max(n, 1):.1%}), rule: {report.rule}"]
