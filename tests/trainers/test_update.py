@@ -112,7 +112,9 @@ def test_every_policy_loss_and_aggregation_is_micro_batch_invariant(setup64, los
     one, sums_one = _grads(model, roll, adv, old, None, 1, mode, loss=loss, weights=weights)
     uneven, _ = _grads(model, roll, adv, old, None, 5, mode, loss=loss, weights=weights)
     assert full.abs().max() > 0
-    tol = 1e-10 * float(full.abs().max())
+    # rounding still depends on the micro-batch shape: on one VM one element of 801,408 differed by 2.3e-10 (3e-10
+    # of the largest) for gspo_token (cause not traced); a wrong normaliser or split errs by O(1) of the largest
+    tol = 1e-8 * float(full.abs().max())
     torch.testing.assert_close(one, full, atol=tol, rtol=1e-8)
     torch.testing.assert_close(uneven, full, atol=tol, rtol=1e-8)
     assert sums_one["actor/pg_loss"] == pytest.approx(sums_full["actor/pg_loss"], rel=1e-5, abs=1e-6)
