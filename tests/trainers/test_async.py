@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlfold.algos.policy_losses import ppo_clip
+from rlfold.algos.policy_losses import decoupled_ppo, ppo_clip
 from rlfold.algos.selection import SelectionInput, tis
 from rlfold.core.config_loader import load_config
 from rlfold.core.errors import ConfigError
@@ -68,12 +68,20 @@ def test_decoupled_ppo_clips_against_the_proximal_policy_and_weights_by_the_trun
     torch.testing.assert_close(pg * w, torch.tensor([[-1.32, 1.6]]))  # what PolicyTerm computes
     pg_behav, _ = ppo_clip(cur, behav, adv, mask)
     assert pg_behav[0, 0].item() == pytest.approx(-1.2)
+    # the policy loss doing both (behaviour weights inside the loss): truncated, and AReaL's mask above the cap
+    loss, m = decoupled_ppo(cur, prox, adv, mask, behaviour_logprobs=behav, cap=2.0, mode="truncate")
+    torch.testing.assert_close(loss, torch.tensor([[-1.32, 1.6]]))
+    assert m["behav_capped_frac"].item() == pytest.approx(0.5) and m["behav_weight_mean"].item() == pytest.approx(1.6)
+    loss, _ = decoupled_ppo(cur, prox, adv, mask, behaviour_logprobs=behav, cap=2.0, mode="mask")
+    torch.testing.assert_close(loss, torch.tensor([[-1.32, 0.0]]))
+    # behaviour == proximal: plain PPO
+    torch.testing.assert_close(decoupled_ppo(cur, prox, adv, mask, behaviour_logprobs=prox)[0], pg)
 
 
 # ----- versions on rows, determinism, shutdown ------------------------------------------------------------
 
 def test_versions_on_rows_and_staleness_metrics_one_step(tmp_path):
-    run = build_run(_cfg(3), tmp_path / "run")
+    run = build_run(_cfg(3, "rollout.recompute_logprobs=true"), tmp_path / "run")  # logs the engine mismatch
     assert isinstance(run.trainer.collector, AsyncCollector)
     rows = run.fit()
     train = [r for r in rows if r["step"] > 0]
@@ -178,10 +186,32 @@ def test_async_with_a_shared_weights_engine_is_refused(tmp_path):
         build_run(cfg, tmp_path / "run")
 
 
-def test_async_without_recomputed_old_logprobs_is_refused(tmp_path):
-    cfg = _cfg(1, "rollout.recompute_logprobs=false")
-    with pytest.raises(ConfigError, match="proximal"):
-        build_run(cfg, tmp_path / "run")
+def test_async_without_recomputed_old_logprobs_is_refused_where_the_update_is_not_one_step(tmp_path):
+    for extra in (["train.ppo_epochs=2"],
+                  ["algo.policy_loss=ppo_clip", "algo.policy_loss_kwargs={}",
+                   "algo.selection=[{name: tis, kwargs: {level: token, mode: truncate, threshold: 2.0}}]"]):
+        with pytest.raises(ConfigError, match="proximal"):
+            build_run(_cfg(1, *extra), tmp_path / "run")
+
+
+def test_proximal_logprobs_from_the_update_equal_the_recomputed_ones(tmp_path):
+    """The recipe takes the proximal log-probs from its one-step update's own forward; recomputing them before
+    the update (and the tis selection with ppo_clip, the recipe's former form) trains the same weights."""
+    from safetensors.torch import load_file
+
+    runs = {"in_update": [], "recomputed": ["rollout.recompute_logprobs=true"],
+            "tis": ["rollout.recompute_logprobs=true", "algo.policy_loss=ppo_clip", "algo.policy_loss_kwargs={}",
+                    "algo.selection=[{name: tis, kwargs: {level: token, mode: truncate, threshold: 2.0}}]"]}
+    out = {}
+    for name, extra in runs.items():
+        rows = build_run(_cfg(3, "eval.every=0", *extra), tmp_path / name).fit()
+        out[name] = (rows, load_file(tmp_path / name / "final" / "model.safetensors"))
+    assert "timing_s/old" not in out["in_update"][0][-1] and "timing_s/old" in out["recomputed"][0][-1]
+    for name in ("recomputed", "tis"):
+        for a, b in zip(out["in_update"][0][1:], out[name][0][1:]):
+            assert a["actor/pg_loss"] == pytest.approx(b["actor/pg_loss"], abs=1e-5)
+        w0, w1 = out["in_update"][1], out[name][1]
+        assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) < 1e-5
 
 
 # ----- learning -------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ and ``sapo`` (soft sigmoid gate). Every log-ratio logp - old_logp is clamped to 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -91,6 +91,57 @@ def ppo_clip(
             "pg_clipfrac_lower": masked_mean(dual_active.to(loss.dtype), mask).detach(),
             "ppo_kl": masked_mean(-log_ratio, mask).detach(),
         }
+    return loss, metrics
+
+
+@POLICY_LOSSES.register("decoupled_ppo")
+@registry.needs("behaviour_logprobs")
+def decoupled_ppo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    behaviour_logprobs: Tensor,
+    clip_low: ClipLow = 0.2,
+    clip_high: ClipHigh = 0.2,
+    cap: Annotated[float, Field(gt=0)] = 2.0,
+    mode: Literal["mask", "truncate"] = "mask",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Decoupled PPO (Hilton et al. 2022, arXiv 2110.00641; AReaL, arXiv 2505.24298): PPO's clip against the
+    proximal policy, times the behaviour importance weight.
+
+    ``old_logprobs`` is the proximal policy (the one the update starts from) and ``behaviour_logprobs`` the
+    engine's log-probs of the policy that sampled the row. w = sg(exp(clamp(old - behav, -20, 20))); with
+    ``mode: mask`` (AReaL's ``behav_imp_weight_cap``) tokens with w > ``cap`` get weight 0, with ``truncate``
+    w is min(w, cap) (truncated IS). l = w * max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)),
+    r = exp(clamp(logp - old, -20, 20)). Equal to ``ppo_clip`` times the ``tis`` selection's token weights;
+    because it reads the proximal log-probs inside the loss, a one-step update can take them from its own
+    forward (``rollout.recompute_logprobs: false``). Metrics: ``pg_clipfrac``, ``ppo_kl`` as ``ppo_clip``;
+    ``behav_weight_mean`` (valid tokens), ``behav_capped_frac`` (share of valid tokens above the cap).
+    """
+    _check_inputs(logprobs, old_logprobs, advantages, mask)
+    _check_clip(clip_low, clip_high)
+    if tuple(behaviour_logprobs.shape) != tuple(logprobs.shape):
+        raise ValueError(f"behaviour_logprobs must have the shape of logprobs {tuple(logprobs.shape)}, got "
+                         f"{tuple(behaviour_logprobs.shape)}")
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    with torch.no_grad():
+        valid = mask.bool()
+        behav = (old_logprobs.detach() - behaviour_logprobs.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        if bool(torch.isnan(behav[valid]).any()):
+            raise ValueError("decoupled_ppo: the behaviour log-probs are NaN on a valid token (the engine reported "
+                             "none for this sampling: temperature != 1, top_p or top_k)")
+        w = torch.exp(torch.where(valid, behav, torch.zeros_like(behav)))
+        capped = w > cap
+        w = torch.where(capped, torch.zeros_like(w), w) if mode == "mask" else w.clamp(max=cap)
+    log_ratio = _log_ratio(logprobs, old_logprobs)
+    surrogate, clip_active = _clipped_surrogate(advantages, torch.exp(log_ratio), clip_low, clip_high)
+    loss = _masked(surrogate * w.to(surrogate.dtype), mask)
+    metrics = {"pg_clipfrac": _fraction(clip_active, mask, loss.dtype), "ppo_kl": _ppo_kl(log_ratio, mask),
+               "behav_weight_mean": _fraction(w, mask, loss.dtype),
+               "behav_capped_frac": _fraction(capped, mask, loss.dtype)}
     return loss, metrics
 
 

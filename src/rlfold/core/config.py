@@ -190,7 +190,8 @@ class RolloutConfig(_Strict):
                           "of one optimiser step (ppo_epochs 1, one mini-batch) on rows the shared engine just "
                           "sampled, with no reference, regulariser, selection part, replay part or advantage "
                           "reading old log-probs, takes them from its own forward, detached: exact, and one forward "
-                          "fewer)")
+                          "fewer; false with an async_mode: such a one-step update takes the proximal log-probs "
+                          "from its own forward, with decoupled_ppo weighting by the behaviour log-probs)")
     async_mode: str = Field(
         "sync", description="registered rollout collector: sync (on-policy), one_step (the rollouts of step k "
                             "generated with step k-1's weights while it updates) or bounded (up to max_staleness "

@@ -209,10 +209,6 @@ class OnlineStep:
             self.engine, self.params, self.sampler, scorer, prompts_per_step=cfg.train.prompts_per_step,
             seed=cfg.seed, group_filters=[(f.name, f.kwargs) for f in a.group_filters],
             max_gen_batches=a.max_gen_batches, max_staleness=cfg.rollout.max_staleness)
-        if self.collector.off_policy and not self.recompute:
-            raise ConfigError(f"rollout.async_mode={cfg.rollout.async_mode} with rollout.recompute_logprobs=false: "
-                              "off-policy rows need the trainer's own old (proximal) log-probs; leave "
-                              "rollout.recompute_logprobs unset or true")
         tc = cfg.train
         self.check_parallel()
         self.train_module = distributed.wrap(self.module, self.parallel)  # what the update's forward runs
@@ -228,11 +224,22 @@ class OnlineStep:
         # logs how far its log-probs are) and nothing but the policy loss reading old log-probs, none are
         # computed before the update. A replay part turns it off: the batch it hands back is trained on again after
         # the weights moved, so its ratios need the log-probs of the policy that sampled it, kept in the batch
-        self.old_in_update = (self.replay is None
-                              and cfg.rollout.recompute_logprobs is None and self.engine.shares_weights
-                              and not self.collector.off_policy
-                              and tc.ppo_epochs == 1 and self.reference is None and not self.regularizers
-                              and not self.selections and "old_logprobs" not in needed_inputs(self.adv_fn))
+        one_step = (self.replay is None and tc.ppo_epochs == 1 and self.reference is None and not self.regularizers
+                    and not self.selections and "old_logprobs" not in needed_inputs(self.adv_fn))
+        self.old_in_update = one_step and (
+            (cfg.rollout.recompute_logprobs is None and self.engine.shares_weights and not self.collector.off_policy)
+            # off-policy rows with recompute_logprobs=false: the proximal policy is the weights the update starts
+            # from, so a one-step update's own forward gives its log-probs exactly (decoupled_ppo reads the
+            # behaviour log-probs in the loss); no recomputation before the update
+            or (cfg.rollout.recompute_logprobs is False and self.collector.off_policy
+                and self.opt_steps_per_step == 1 and not a.group_filters))
+        if self.collector.off_policy and not self.recompute and not self.old_in_update:
+            raise ConfigError(f"rollout.async_mode={cfg.rollout.async_mode} with rollout.recompute_logprobs=false: "
+                              "off-policy rows need the trainer's own old (proximal) log-probs, which the update can "
+                              "take from its own forward only when it is one optimiser step on the batch read by "
+                              "nothing before it (train.ppo_epochs=1, one mini-batch, no group filter, replay, "
+                              "reference, regulariser or selection part, an advantage not reading old log-probs); otherwise leave "
+                              "rollout.recompute_logprobs unset or true")
         self.scheduler = make_scheduler(self.optimizer, tc.steps * self.opt_steps_per_step, tc.warmup_steps,
                                         tc.schedule, tc.min_lr_ratio)
         self.skipped: list[tuple[int, str]] = []  # the current streak of steps that did not train: (step, why)

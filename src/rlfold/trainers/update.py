@@ -114,7 +114,7 @@ def mini_batch_normaliser(aggregation: Aggregation, mask: Tensor, max_len: int |
 # mini-batch (``batch_groups``: its prompt groups, ``batch_tokens``: its loss tokens; 0-d, summed over
 # ranks) and the generation limit ``max_response_length``. A part needing ``group_ids`` is a *group
 # objective* (DisCO, DRPO: ``algos.disco``): each call must hold whole groups of its mini-batch.
-POLICY_INPUTS = ("rewards", "group_ids", "batch_groups", "batch_tokens", "max_response_length")
+POLICY_INPUTS = ("rewards", "group_ids", "batch_groups", "batch_tokens", "max_response_length", "behaviour_logprobs")
 
 
 def is_group_objective(fn: Callable) -> bool:
@@ -181,6 +181,10 @@ class PolicyTerm:
                 out[name] = (mb.reduce or local_reduce)(count).to(dev)
             elif name == "batch_tokens":
                 out[name] = torch.tensor(float(mb.total_tokens), dtype=torch.float32, device=dev)
+            elif name == "behaviour_logprobs":  # the engine's log-probs of the policy that sampled the row
+                if prep.roll.sample_logprobs is None:
+                    raise RuntimeError("the policy loss needs the engine's behaviour log-probs, but the batch has none")
+                out[name] = mb.take(prep.roll.sample_logprobs)
             elif name == "max_response_length":
                 if self.max_response_length is None:
                     raise RuntimeError("the policy loss needs 'max_response_length' but the update was given none")
