@@ -672,7 +672,7 @@ CASES: list[Case] = [
          ["rollout.max_staleness"]),
     Case("async-unknown-mode", train("rollout.async_mode=one_stp"), 2, ["rollout.async_mode", "one_step"]),
     Case("async-no-recompute", train("rollout.async_mode=one_step", "rollout.engine_kwargs={weights: copy}",
-                                     "rollout.recompute_logprobs=false"), 2,
+                                     "rollout.recompute_logprobs=false", "train.ppo_epochs=2"), 2,
          ["rollout.recompute_logprobs", "proximal"]),
     Case("async-one-step-staleness", train("rollout.async_mode=one_step", "rollout.engine_kwargs={weights: copy}",
                                            "rollout.max_staleness=2"), 2, ["rollout.max_staleness=2", "bounded"]),
