@@ -362,9 +362,9 @@ def cmd_data_audit(args: argparse.Namespace) -> int:
     """``rlfold data audit FILE``: flag pairs whose labels look flipped, by cross-fitted ensemble disagreement."""
     from rlfold.reporting.audit import AuditSettings, audit_file, render_markdown, write_audit
 
-    settings = AuditSettings(model=args.model, head=args.head, members=args.members, folds=args.folds, steps=args.steps,
-                             batch=args.batch, lr=args.lr, seed=args.seed, threshold=args.threshold, sigmas=args.sigmas,
-                             fraction=args.fraction, top=args.top, bad_rows=args.bad_rows, device=args.device)
+    settings = AuditSettings(model=args.model, head=args.head, members=args.members, folds=args.folds,
+                             steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threshold=args.threshold,
+                             sigmas=args.sigmas, fraction=args.fraction, top=args.top, bad_rows=args.bad_rows, device=args.device)
     settings.check()
     if args.threads < 0:
         raise RlfoldError(f"--threads must be at least 0, got {args.threads}")

@@ -24,6 +24,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from rlfold.algos.importance import behaviour_log_ratio, bound_weights
 from rlfold.core import registry
 from rlfold.core.groups import LOG_RATIO_CLAMP
 from rlfold.core.masked import masked_mean
@@ -128,14 +129,9 @@ def decoupled_ppo(
     if not cap > 0:
         raise ValueError(f"cap must be > 0, got {cap}")
     with torch.no_grad():
-        valid = mask.bool()
-        behav = (old_logprobs.detach() - behaviour_logprobs.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        if bool(torch.isnan(behav[valid]).any()):
-            raise ValueError("decoupled_ppo: the behaviour log-probs are NaN on a valid token (the engine reported "
-                             "none for this sampling: temperature != 1, top_p or top_k)")
-        w = torch.exp(torch.where(valid, behav, torch.zeros_like(behav)))
-        capped = w > cap
-        w = torch.where(capped, torch.zeros_like(w), w) if mode == "mask" else w.clamp(max=cap)
+        log_w = behaviour_log_ratio(old_logprobs, behaviour_logprobs, mask.bool(), "decoupled_ppo")
+        w, inside = bound_weights(log_w.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp(), 0.0, cap, mode)
+        capped = ~inside  # w > cap: the band's lower end 0 is never crossed
     log_ratio = _log_ratio(logprobs, old_logprobs)
     surrogate, clip_active = _clipped_surrogate(advantages, torch.exp(log_ratio), clip_low, clip_high)
     loss = _masked(surrogate * w.to(surrogate.dtype), mask)

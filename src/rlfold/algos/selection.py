@@ -34,6 +34,7 @@ from pydantic import Field
 from torch import Tensor
 
 from rlfold.core import registry
+from rlfold.algos.importance import behaviour_log_ratio, bound_weights
 from rlfold.core.groups import LOG_RATIO_CLAMP, group_index
 
 SELECTIONS = registry.SELECTIONS
@@ -382,18 +383,7 @@ def tis(
         )
 
     valid = inp.response_mask.bool()
-    old = inp.old_logprobs.detach()
-    beh = inp.behaviour_logprobs.detach()
-    dtype = torch.promote_types(torch.promote_types(old.dtype, beh.dtype), torch.float32)
-    diff = old.to(dtype) - beh.to(dtype)
-    nan = valid & torch.isnan(diff)
-    if nan.any():
-        bad = torch.nonzero(nan)[:5].tolist()
-        raise ValueError(
-            f"tis: old_logprobs - behaviour_logprobs is NaN at [row, token] {bad} "
-            "(NaN log-probs, or -inf in both)"
-        )
-    log_r = torch.where(valid, diff, torch.zeros_like(diff))
+    log_r = behaviour_log_ratio(inp.old_logprobs, inp.behaviour_logprobs, valid, "tis")
 
     if level == "token":
         w = log_r.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()
@@ -409,14 +399,10 @@ def tis(
         units = valid.any(dim=1)
         raw = w_seq[units]
 
-    inside = (w >= lo) & (w <= threshold)
-    if mode == "truncate":
-        adjusted = w.clamp(min=lo, max=threshold)
-    else:
-        adjusted = torch.where(inside, w, torch.zeros_like(w))
+    adjusted, _ = bound_weights(w, lo, threshold, mode)
     token_weights = torch.where(valid, adjusted, torch.zeros_like(adjusted))
 
-    abs_diff = diff.abs()[valid]
+    abs_diff = log_r.abs()[valid]
     if raw.numel():
         raw_inside = (raw >= lo) & (raw <= threshold)
         metrics = {
